@@ -1,0 +1,151 @@
+"""Every RPC passes here: authentication, organisation scope, error mapping, the call log.
+
+The servicers stay thin: they read the caller from `current_principal()` and raise domain
+errors; this module turns those into statuses with details and logs one line per call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from flowsvc.api.status import rich_status, status_of
+from flowsvc.domain.errors import DomainError
+from flowsvc.domain.keys import Keys
+from flowsvc.domain.model import Principal
+
+log = logging.getLogger("flowsvc.rpc")
+
+PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+
+
+def current_principal() -> Principal:
+    return _principal.get()
+
+
+def _presented_key(metadata: dict[str, str]) -> str | None:
+    bearer = metadata.get("authorization", "")
+    if bearer[:7].lower() == "bearer ":
+        return bearer[7:].strip()
+    return metadata.get("api-key") or None
+
+
+class _Outcome:
+    __slots__ = ("code", "failure")
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+        self.failure: tuple[grpc.StatusCode, str, Any] | None = None
+
+    def fail(self, exc: BaseException, method: str) -> None:
+        if isinstance(exc, DomainError):
+            code, message, status = status_of(exc)
+        elif isinstance(exc, NotImplementedError):
+            code, message = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet"
+            status = rich_status(code, message, [])
+        else:
+            correlation = uuid.uuid4().hex[:16]
+            log.exception("unexpected error", extra={"method": method, "correlation_id": correlation})
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error (correlation id {correlation})"
+            status = rich_status(code, message, [])
+        self.code = code
+        self.failure = (code, message, status)
+
+    async def abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if self.failure is None:
+            return
+        code, message, status = self.failure
+        await context.abort(
+            code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+        )
+
+
+class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+
+    async def _enter(self, method: str, metadata: dict[str, str]) -> None:
+        if method.startswith(PUBLIC_PREFIXES):
+            return
+        principal = await self._keys.authenticate(
+            _presented_key(metadata), metadata.get("current-org-id") or None
+        )
+        _principal.set(principal)
+
+    @staticmethod
+    def _log(method: str, started: float, code: grpc.StatusCode) -> None:
+        log.info(
+            "rpc",
+            extra={
+                "method": method,
+                "code": code.name,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                started = time.perf_counter()
+                outcome = _Outcome()
+                response = None
+                try:
+                    await self._enter(method, metadata)
+                    response = await inner(request, context)
+                except Exception as exc:
+                    outcome.fail(exc, method)
+                finally:
+                    self._log(method, started, outcome.code)
+                await outcome.abort(context)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def stream(
+                request: Any, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                outcome = _Outcome()
+                try:
+                    await self._enter(method, metadata)
+                    async for item in inner_stream(request, context):
+                        yield item
+                except Exception as exc:
+                    outcome.fail(exc, method)
+                finally:
+                    self._log(method, started, outcome.code)
+                await outcome.abort(context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

@@ -1,0 +1,138 @@
+"""The gRPC server: wiring, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import make_url
+
+from flowsvc.api.guard import CallGuard
+from flowsvc.api.live_flows import LiveFlowServicer
+from flowsvc.config import Settings, normalize_database_url
+from flowsvc.domain.flows import FlowCatalog
+from flowsvc.domain.keys import Keys
+from flowsvc.store.database import Database
+from flowsvc.store.sql_store import SqlStore
+from flowsvc.v1 import (
+    eval_service_pb2,
+    eval_service_pb2_grpc,
+    flow_run_service_pb2,
+    flow_run_service_pb2_grpc,
+    live_flow_service_pb2,
+    live_flow_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
+)
+
+log = logging.getLogger("flowsvc.server")
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (live_flow_service_pb2, "LiveFlowService"),
+        (session_service_pb2, "SessionService"),
+        (flow_run_service_pb2, "FlowRunService"),
+        (eval_service_pb2, "EvalService"),
+    )
+)
+
+SERVER_OPTIONS = [
+    # Long idle streams stay alive behind proxies: ping every 30 s, give up after 10 s.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+]
+
+
+@dataclass
+class FlowServer:
+    grpc_server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    database: Database
+
+    async def start(self) -> None:
+        await self.grpc_server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.grpc_server.stop(grace)
+        await self.database.close()
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(settings: Settings) -> tuple[FlowServer, int]:
+    """Build a server bound to settings.listen (port 0 picks a free port); not yet started."""
+    database = Database(
+        normalize_database_url(settings.database_url),
+        sqlite_synchronous=settings.sqlite_synchronous,
+    )
+    await database.migrate()
+    store = SqlStore(database)
+    keys = Keys(store)
+    catalog = FlowCatalog(store, settings.limits)
+
+    server = grpc.aio.server(interceptors=[CallGuard(keys)], options=SERVER_OPTIONS)
+    live_flow_service_pb2_grpc.add_LiveFlowServiceServicer_to_server(
+        LiveFlowServicer(catalog), server
+    )
+    # Later work implements these; until then every RPC answers UNIMPLEMENTED.
+    session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+        session_service_pb2_grpc.SessionServiceServicer(), server
+    )
+    flow_run_service_pb2_grpc.add_FlowRunServiceServicer_to_server(
+        flow_run_service_pb2_grpc.FlowRunServiceServicer(), server
+    )
+    eval_service_pb2_grpc.add_EvalServiceServicer_to_server(
+        eval_service_pb2_grpc.EvalServiceServicer(), server
+    )
+
+    health_servicer = health.aio.HealthServicer()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+
+    port = server.add_insecure_port(settings.listen)
+    if port == 0:
+        await database.close()
+        raise OSError(f"cannot listen on {settings.listen}")
+    return FlowServer(server, health_servicer, database), port
+
+
+async def serve(settings: Settings) -> None:
+    server, port = await create_server(settings)
+    await server.start()
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info(
+        "serving",
+        extra={
+            "listen": f"{host}:{port}",
+            "database_url": make_url(settings.database_url).render_as_string(hide_password=True),
+        },
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("draining", extra={"grace_seconds": settings.grace_seconds})
+    await server.stop(settings.grace_seconds)
+    log.info("stopped")

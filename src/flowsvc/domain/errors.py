@@ -1,0 +1,78 @@
+"""The domain's own error classes. The API layer maps each to one gRPC status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of every error a caller is meant to see."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    def __init__(self, violations: Iterable[FieldViolation], message: str | None = None) -> None:
+        self.violations = tuple(violations)
+        if message is None:
+            first = self.violations[0] if self.violations else None
+            message = f"{first.field}: {first.description}" if first else "invalid argument"
+            if len(self.violations) > 1:
+                message += f" (and {len(self.violations) - 1} more)"
+        super().__init__(message)
+
+    @classmethod
+    def one(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class NotFound(DomainError):
+    def __init__(self, kind: str, ident: str) -> None:
+        super().__init__(f"{kind} {ident!r} not found")
+        self.kind = kind
+        self.ident = ident
+
+
+class AlreadyExists(DomainError):
+    pass
+
+
+class FailedPrecondition(DomainError):
+    """The resource is not in a state that allows the call."""
+
+    def __init__(self, message: str, *, kind: str = "STATE", subject: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.subject = subject
+
+
+class Aborted(DomainError):
+    pass
+
+
+class ResourceExhausted(DomainError):
+    def __init__(self, message: str, *, subject: str = "", limit: str = "") -> None:
+        super().__init__(message)
+        self.subject = subject
+        self.limit = limit
+
+
+class Unauthenticated(DomainError):
+    pass
+
+
+class PermissionDenied(DomainError):
+    pass
+
+
+class DeadlineExceeded(DomainError):
+    pass

@@ -1,0 +1,189 @@
+"""Live flows and their versions: the use cases behind LiveFlowService."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
+from flowsvc.domain.graph import validate_graph
+from flowsvc.domain.ids import new_id, now, require_id
+from flowsvc.domain.limits import Limits
+from flowsvc.domain.model import FlowVersion, Graph, LiveFlow, Step, Transition
+from flowsvc.domain.paging import Cursor, next_token, parse_page
+from flowsvc.domain.ports import FlowStore
+
+UPDATABLE_FIELDS = ("name", "description", "auto_eval_flow_ids")
+MAX_REQUEST_ID_CHARS = 128
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Listed(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+class FlowCatalog:
+    def __init__(self, store: FlowStore, limits: Limits) -> None:
+        self._store = store
+        self._limits = limits
+
+    def _check_details(self, name: str, description: str) -> list[FieldViolation]:
+        problems = []
+        if not name.strip():
+            problems.append(FieldViolation("name", "required"))
+        elif len(name) > self._limits.max_flow_name_chars:
+            problems.append(
+                FieldViolation("name", f"at most {self._limits.max_flow_name_chars} characters")
+            )
+        if len(description) > self._limits.max_description_chars:
+            problems.append(
+                FieldViolation(
+                    "description", f"at most {self._limits.max_description_chars} characters"
+                )
+            )
+        return problems
+
+    def _graph(self, steps: Sequence[Step], transitions: Sequence[Transition]) -> Graph:
+        return validate_graph(steps, transitions, self._limits, new_id)
+
+    async def create_flow(
+        self,
+        org: str,
+        name: str,
+        description: str,
+        steps: Sequence[Step],
+        transitions: Sequence[Transition],
+        auto_eval_flow_ids: Sequence[str] = (),
+        request_id: str = "",
+    ) -> LiveFlow:
+        problems = self._check_details(name, description)
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            problems.append(
+                FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+            )
+        graph: Graph | None = None
+        if steps or transitions:
+            try:
+                graph = self._graph(steps, transitions)
+            except InvalidArgument as exc:
+                problems.extend(exc.violations)
+        if problems:
+            raise InvalidArgument(problems)
+        await self._check_eval_flows(org, auto_eval_flow_ids)
+        stamp = now()
+        flow = LiveFlow(
+            id=new_id(),
+            organisation_id=org,
+            name=name,
+            description=description,
+            created_at=stamp,
+            updated_at=stamp,
+            auto_eval_flow_ids=tuple(auto_eval_flow_ids),
+        )
+        version = None
+        if graph is not None:
+            version = FlowVersion(new_id(), flow.id, org, 1, graph, stamp)
+            flow.current_version = version
+        return await self._store.create_flow(flow, version, request_id)
+
+    async def _check_eval_flows(self, org: str, flow_ids: Sequence[str]) -> None:
+        for i, flow_id in enumerate(flow_ids):
+            field = f"auto_eval_flow_ids[{i}]"
+            try:
+                require_id(field, flow_id, "live flow")
+                found = await self._store.get_flow(org, flow_id)
+            except NotFound:
+                found = None
+            if found is None:
+                raise InvalidArgument.one(field, f"no live flow {flow_id[:80]!r} to evaluate with")
+
+    async def get_flow(self, org: str, flow_id: str) -> LiveFlow:
+        require_id("id", flow_id, "live flow")
+        flow = await self._store.get_flow(org, flow_id)
+        if flow is None:
+            raise NotFound("live flow", flow_id)
+        return flow
+
+    async def list_flows(self, org: str, page_size: int, page_token: str) -> Listed[LiveFlow]:
+        page = parse_page(page_size, page_token, self._limits, "flows", org)
+        flows = await self._store.list_flows(org, page)
+        token = ""
+        if len(flows) > page.size:
+            flows = flows[: page.size]
+            token = next_token(Cursor(flows[-1].created_at, flows[-1].id), "flows", org)
+        return Listed(flows, token)
+
+    async def update_flow(
+        self, org: str, flow_id: str, values: dict[str, Any], mask: Sequence[str]
+    ) -> LiveFlow:
+        require_id("live_flow.id", flow_id, "live flow")
+        paths = list(mask) or list(UPDATABLE_FIELDS)
+        unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
+        if unknown:
+            raise InvalidArgument(
+                FieldViolation("update_mask", f"{p!r} cannot be updated; use one of "
+                               f"{', '.join(UPDATABLE_FIELDS)}")
+                for p in unknown
+            )
+        changes = {p: values[p] for p in paths}
+        problems = [
+            FieldViolation(f"live_flow.{v.field}", v.description)
+            for v in self._check_details(
+                changes.get("name", "x"), changes.get("description", "")
+            )
+        ]
+        if problems:
+            raise InvalidArgument(problems)
+        if "auto_eval_flow_ids" in changes:
+            await self._check_eval_flows(org, changes["auto_eval_flow_ids"])
+            changes["auto_eval_flow_ids"] = tuple(changes["auto_eval_flow_ids"])
+        changes["updated_at"] = now()
+        flow = await self._store.update_flow(org, flow_id, changes)
+        if flow is None:
+            raise NotFound("live flow", flow_id)
+        return flow
+
+    async def delete_flow(self, org: str, flow_id: str) -> None:
+        require_id("id", flow_id, "live flow")
+        if not await self._store.delete_flow(org, flow_id):
+            raise NotFound("live flow", flow_id)
+
+    async def create_version(
+        self, org: str, flow_id: str, steps: Sequence[Step], transitions: Sequence[Transition]
+    ) -> FlowVersion:
+        require_id("flow_id", flow_id, "live flow")
+        graph = self._graph(steps, transitions)
+        stamp = now()
+        version = await self._store.add_version(
+            org, flow_id, lambda number: FlowVersion(new_id(), flow_id, org, number, graph, stamp)
+        )
+        if version is None:
+            raise NotFound("live flow", flow_id)
+        return version
+
+    async def get_version(self, org: str, version_id: str) -> FlowVersion:
+        require_id("id", version_id, "flow version")
+        version = await self._store.get_version(org, version_id)
+        if version is None:
+            raise NotFound("flow version", version_id)
+        return version
+
+    async def list_versions(
+        self, org: str, flow_id: str, page_size: int, page_token: str
+    ) -> Listed[FlowVersion]:
+        require_id("flow_id", flow_id, "live flow")
+        page = parse_page(page_size, page_token, self._limits, "versions", org, flow_id)
+        if await self._store.get_flow(org, flow_id) is None:
+            raise NotFound("live flow", flow_id)
+        versions = await self._store.list_versions(org, flow_id, page)
+        token = ""
+        if len(versions) > page.size:
+            versions = versions[: page.size]
+            last = versions[-1]
+            token = next_token(Cursor(last.created_at, last.id), "versions", org, flow_id)
+        return Listed(versions, token)

@@ -1,0 +1,87 @@
+"""API keys: minted once, stored only as a salted hash, checked in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+from flowsvc.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from flowsvc.domain.ids import now
+from flowsvc.domain.model import ApiKey, Principal
+from flowsvc.domain.ports import KeyStore
+
+KEY_PREFIX = "fsk"
+# A verified key is trusted this long before the store is asked again.
+CACHE_SECONDS = 2.0
+
+
+def _hash(salt: bytes, secret: str) -> bytes:
+    return hashlib.sha256(salt + secret.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class MintedKey:
+    record: ApiKey
+    secret: str  # the whole key as the client sends it; shown once, never stored
+
+
+def check_org_id(org: str) -> str:
+    if not org or len(org) > 128 or not all(c.isalnum() or c in "-_." for c in org):
+        raise InvalidArgument.one("org", "1 to 128 letters, digits, '-', '_' or '.'")
+    return org
+
+
+class Keys:
+    def __init__(self, store: KeyStore) -> None:
+        self._store = store
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+
+    async def mint(self, org: str) -> MintedKey:
+        check_org_id(org)
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        record = ApiKey(
+            id=key_id, organisation_id=org, salt=salt, secret_hash=_hash(salt, secret),
+            created_at=now(),
+        )
+        await self._store.add_key(record)
+        return MintedKey(record, f"{KEY_PREFIX}_{key_id}_{secret}")
+
+    async def authenticate(self, presented: str | None, requested_org: str | None) -> Principal:
+        if not presented:
+            raise Unauthenticated(
+                "missing API key: send metadata 'authorization: Bearer <key>' or 'api-key: <key>'"
+            )
+        parts = presented.split("_", 2)
+        if len(parts) != 3 or parts[0] != KEY_PREFIX:
+            raise Unauthenticated("malformed API key")
+        key_id, secret = parts[1], parts[2]
+        record = await self._lookup(key_id)
+        if record is None or not hmac.compare_digest(
+            _hash(record.salt, secret), record.secret_hash
+        ):
+            raise Unauthenticated("invalid API key")
+        stamp = now()
+        if record.revoked_at is not None:
+            raise Unauthenticated("API key revoked")
+        if record.expires_at is not None and record.expires_at <= stamp:
+            raise Unauthenticated("API key expired")
+        if requested_org and requested_org != record.organisation_id:
+            raise PermissionDenied("current-org-id does not match the API key's organisation")
+        return Principal(organisation_id=record.organisation_id, key_id=record.id)
+
+    async def _lookup(self, key_id: str) -> ApiKey | None:
+        cached = self._cache.get(key_id)
+        clock = time.monotonic()
+        if cached is not None and clock - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        record = await self._store.get_key(key_id)
+        if record is None:
+            self._cache.pop(key_id, None)
+        else:
+            self._cache[key_id] = (clock, record)
+        return record

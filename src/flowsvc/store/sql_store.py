@@ -1,0 +1,268 @@
+"""The SQLModel-backed store: implements the domain's store interfaces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Select
+
+from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
+from flowsvc.domain.paging import Page
+from flowsvc.store.database import Database
+from flowsvc.store.graph_codec import graph_from_json, graph_to_json
+from flowsvc.store.tables import ApiKeyRow, FlowVersionRow, LiveFlowRow
+
+flows = LiveFlowRow.__table__  # type: ignore[attr-defined]
+versions = FlowVersionRow.__table__  # type: ignore[attr-defined]
+api_keys = ApiKeyRow.__table__  # type: ignore[attr-defined]
+
+
+def _version(row: Row[Any]) -> FlowVersion:
+    return FlowVersion(
+        id=row.id,
+        flow_id=row.flow_id,
+        organisation_id=row.organisation_id,
+        version=row.version,
+        graph=graph_from_json(row.graph),
+        created_at=row.created_at,
+    )
+
+
+def _flow(row: Row[Any], current: FlowVersion | None) -> LiveFlow:
+    return LiveFlow(
+        id=row.id,
+        organisation_id=row.organisation_id,
+        name=row.name,
+        description=row.description,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        auto_eval_flow_ids=tuple(row.auto_eval_flow_ids),
+        current_version=current,
+    )
+
+
+def _version_values(version: FlowVersion) -> dict[str, Any]:
+    return {
+        "id": version.id,
+        "flow_id": version.flow_id,
+        "organisation_id": version.organisation_id,
+        "version": version.version,
+        "graph": graph_to_json(version.graph),
+        "created_at": version.created_at,
+    }
+
+
+def _newest_first(query: Select[Any], table: Any, page: Page) -> Select[Any]:
+    if page.after is not None:
+        query = query.where(
+            tuple_(table.c.created_at, table.c.id) < tuple_(page.after.created_at, page.after.id)
+        )
+    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(page.size + 1)
+
+
+class SqlStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        # Versions are immutable, so a version read once can be served from memory.
+        self._versions: dict[str, FlowVersion] = {}
+
+    # -- flows -------------------------------------------------------------------------
+
+    async def create_flow(
+        self, flow: LiveFlow, first_version: FlowVersion | None, request_id: str
+    ) -> LiveFlow:
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    flows.insert().values(
+                        id=flow.id,
+                        organisation_id=flow.organisation_id,
+                        name=flow.name,
+                        description=flow.description,
+                        current_version_id=first_version.id if first_version else None,
+                        auto_eval_flow_ids=list(flow.auto_eval_flow_ids),
+                        request_id=request_id or None,
+                        created_at=flow.created_at,
+                        updated_at=flow.updated_at,
+                    )
+                )
+                if first_version is not None:
+                    await conn.execute(versions.insert().values(**_version_values(first_version)))
+        except IntegrityError:
+            if not request_id:
+                raise
+            existing = await self._flow_by_request(flow.organisation_id, request_id)
+            if existing is None:
+                raise
+            return existing
+        return flow
+
+    async def _flow_by_request(self, org: str, request_id: str) -> LiveFlow | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(flows).where(
+                        flows.c.organisation_id == org, flows.c.request_id == request_id
+                    )
+                )
+            ).first()
+            return None if row is None else (await self._with_versions(conn, [row]))[0]
+
+    async def _with_versions(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[LiveFlow]:
+        wanted = {r.current_version_id for r in rows if r.current_version_id}
+        missing = [v for v in wanted if v not in self._versions]
+        if missing:
+            for vrow in await conn.execute(select(versions).where(versions.c.id.in_(missing))):
+                self._versions[vrow.id] = _version(vrow)
+        return [
+            _flow(r, self._versions.get(r.current_version_id) if r.current_version_id else None)
+            for r in rows
+        ]
+
+    async def get_flow(self, org: str, flow_id: str) -> LiveFlow | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(flows).where(flows.c.id == flow_id, flows.c.organisation_id == org)
+                )
+            ).first()
+            return None if row is None else (await self._with_versions(conn, [row]))[0]
+
+    async def list_flows(self, org: str, page: Page) -> list[LiveFlow]:
+        query = _newest_first(select(flows).where(flows.c.organisation_id == org), flows, page)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+            return await self._with_versions(conn, rows)
+
+    async def update_flow(
+        self, org: str, flow_id: str, changes: Mapping[str, Any]
+    ) -> LiveFlow | None:
+        values = dict(changes)
+        if "auto_eval_flow_ids" in values:
+            values["auto_eval_flow_ids"] = list(values["auto_eval_flow_ids"])
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(flows)
+                .where(flows.c.id == flow_id, flows.c.organisation_id == org)
+                .values(**values)
+            )
+            if result.rowcount == 0:
+                return None
+        return await self.get_flow(org, flow_id)
+
+    async def delete_flow(self, org: str, flow_id: str) -> bool:
+        async with self.db.write() as conn:
+            await conn.execute(
+                delete(versions).where(
+                    versions.c.flow_id == flow_id, versions.c.organisation_id == org
+                )
+            )
+            result = await conn.execute(
+                delete(flows).where(flows.c.id == flow_id, flows.c.organisation_id == org)
+            )
+        for stale in [k for k, v in self._versions.items() if v.flow_id == flow_id]:
+            del self._versions[stale]
+        return bool(result.rowcount)
+
+    # -- versions ----------------------------------------------------------------------
+
+    async def add_version(
+        self, org: str, flow_id: str, make: Callable[[int], FlowVersion]
+    ) -> FlowVersion | None:
+        async with self.db.write() as conn:
+            found = (
+                await conn.execute(
+                    select(flows.c.id).where(flows.c.id == flow_id, flows.c.organisation_id == org)
+                )
+            ).first()
+            if found is None:
+                return None
+            highest = (
+                await conn.execute(
+                    select(func.coalesce(func.max(versions.c.version), 0)).where(
+                        versions.c.flow_id == flow_id
+                    )
+                )
+            ).scalar_one()
+            version = make(int(highest) + 1)
+            await conn.execute(versions.insert().values(**_version_values(version)))
+            await conn.execute(
+                update(flows)
+                .where(flows.c.id == flow_id)
+                .values(current_version_id=version.id, updated_at=version.created_at)
+            )
+        self._versions[version.id] = version
+        return version
+
+    async def _one_version(self, query: Select[Any]) -> FlowVersion | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        version = self._versions.setdefault(row.id, _version(row))
+        return version
+
+    async def get_version(self, org: str, version_id: str) -> FlowVersion | None:
+        cached = self._versions.get(version_id)
+        if cached is not None:
+            return cached if cached.organisation_id == org else None
+        return await self._one_version(
+            select(versions).where(versions.c.id == version_id, versions.c.organisation_id == org)
+        )
+
+    async def get_version_number(self, org: str, flow_id: str, number: int) -> FlowVersion | None:
+        return await self._one_version(
+            select(versions).where(
+                versions.c.flow_id == flow_id,
+                versions.c.version == number,
+                versions.c.organisation_id == org,
+            )
+        )
+
+    async def list_versions(self, org: str, flow_id: str, page: Page) -> list[FlowVersion]:
+        query = _newest_first(
+            select(versions).where(
+                versions.c.flow_id == flow_id, versions.c.organisation_id == org
+            ),
+            versions,
+            page,
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [self._versions.setdefault(r.id, _version(r)) for r in rows]
+
+    # -- keys --------------------------------------------------------------------------
+
+    async def add_key(self, key: ApiKey) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    organisation_id=key.organisation_id,
+                    salt=key.salt,
+                    secret_hash=key.secret_hash,
+                    created_at=key.created_at,
+                    expires_at=key.expires_at,
+                )
+            )
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+        if row is None:
+            return None
+        return ApiKey(
+            id=row.id,
+            organisation_id=row.organisation_id,
+            salt=row.salt,
+            secret_hash=row.secret_hash,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked_at=row.revoked_at,
+            last_used_at=row.last_used_at,
+        )

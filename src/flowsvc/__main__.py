@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="serve the gRPC API")
-    serve_cmd.add_argument("--listen", help="HOST:PORT (env FLOWSVC_LISTEN; default 127.0.0.1:50051)")
+    serve_cmd.add_argument(
+        "--listen", help="HOST:PORT (env FLOWSVC_LISTEN; default 127.0.0.1:50051)"
+    )
     serve_cmd.add_argument("--database-url", help="SQLAlchemy URL (env FLOWSVC_DATABASE_URL)")
 
     keys_cmd = commands.add_parser("keys", help="manage API keys")
@@ -45,14 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     logs.configure(settings.log_level)
     if args.command == "serve":
-        asyncio.run(serve(settings))
+        try:
+            asyncio.run(serve(settings))
+        except OSError as exc:
+            print(f"flowsvc: {exc}", file=sys.stderr)
+            return 1
         return 0
     try:
         secret = asyncio.run(_create_key(settings, args.org))
     except InvalidArgument as exc:
         print(f"flowsvc: {exc.message}", file=sys.stderr)
         return 2
-    print(f"API key for organisation {args.org!r} (shown once; send as 'authorization: Bearer <key>'):")
+    print(f"API key for organisation {args.org!r}, shown once.")
+    print("Send it as metadata 'authorization: Bearer <key>' or 'api-key: <key>':")
     print(secret)
     return 0
 

@@ -95,7 +95,7 @@ def step_to_pb(step: model.Step, created_at: datetime) -> pb.Step:
     out = pb.Step(
         id=step.id,
         name=step.name,
-        step_type=_STEP_TYPE_TO_PB[step.step_type] if step.step_type else 0,
+        step_type=_STEP_TYPE_TO_PB[step.step_type] if step.step_type else pb.STEP_TYPE_UNSPECIFIED,
         created_at=timestamp(created_at),
         updated_at=timestamp(created_at),
     )
@@ -105,7 +105,9 @@ def step_to_pb(step: model.Step, created_at: datetime) -> pb.Step:
             pb.PromptTemplate(
                 type=p.type,
                 text=p.text,
-                messages=[pb.ChatMessageTemplate(role=m.role, content=m.content) for m in p.messages],
+                messages=[
+                    pb.ChatMessageTemplate(role=m.role, content=m.content) for m in p.messages
+                ],
             )
         )
     if step.start is not None:
@@ -132,7 +134,10 @@ def step_to_pb(step: model.Step, created_at: datetime) -> pb.Step:
         h = step.http
         out.http.CopyFrom(
             pb.HttpConfig(
-                method=h.method, url=h.url, headers=dict(h.headers), body=h.body,
+                method=h.method,
+                url=h.url,
+                headers=dict(h.headers),
+                body=h.body,
                 timeout_ms=h.timeout_ms,
             )
         )

@@ -52,7 +52,9 @@ class _Outcome:
             status = rich_status(code, message, [])
         else:
             correlation = uuid.uuid4().hex[:16]
-            log.exception("unexpected error", extra={"method": method, "correlation_id": correlation})
+            log.exception(
+                "unexpected error", extra={"method": method, "correlation_id": correlation}
+            )
             code = grpc.StatusCode.INTERNAL
             message = f"internal error (correlation id {correlation})"
             status = rich_status(code, message, [])
@@ -64,7 +66,9 @@ class _Outcome:
             return
         code, message, status = self.failure
         await context.abort(
-            code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+            code,
+            message,
+            trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
         )
 
 

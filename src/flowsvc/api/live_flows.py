@@ -20,7 +20,9 @@ class LiveFlowServicer(svc_grpc.LiveFlowServiceServicer):
     def __init__(self, catalog: FlowCatalog) -> None:
         self._catalog = catalog
 
-    async def CreateLiveFlow(self, request: svc.CreateLiveFlowRequest, context: Context) -> pb.LiveFlow:
+    async def CreateLiveFlow(
+        self, request: svc.CreateLiveFlowRequest, context: Context
+    ) -> pb.LiveFlow:
         steps, transitions = graph_from_pb(request.steps, request.step_transitions)
         flow = await self._catalog.create_flow(
             current_principal().organisation_id,

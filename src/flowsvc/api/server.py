@@ -50,6 +50,8 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    # A second server on the same port must fail to start, not share the port silently.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -92,13 +94,16 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     # Later work implements these; until then every RPC answers UNIMPLEMENTED.
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-        session_service_pb2_grpc.SessionServiceServicer(), server
+        session_service_pb2_grpc.SessionServiceServicer(),  # type: ignore[abstract]
+        server,
     )
     flow_run_service_pb2_grpc.add_FlowRunServiceServicer_to_server(
-        flow_run_service_pb2_grpc.FlowRunServiceServicer(), server
+        flow_run_service_pb2_grpc.FlowRunServiceServicer(),  # type: ignore[abstract]
+        server,
     )
     eval_service_pb2_grpc.add_EvalServiceServicer_to_server(
-        eval_service_pb2_grpc.EvalServiceServicer(), server
+        eval_service_pb2_grpc.EvalServiceServicer(),  # type: ignore[abstract]
+        server,
     )
 
     health_servicer = health.aio.HealthServicer()
@@ -109,7 +114,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
         await database.close()
         raise OSError(f"cannot listen on {settings.listen}")

@@ -26,7 +26,9 @@ def _details(exc: errors.DomainError) -> list[any_pb2.Any]:
     if isinstance(exc, errors.InvalidArgument):
         detail = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in exc.violations
             ]
         )
@@ -64,10 +66,10 @@ def code_of(exc: errors.DomainError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def rich_status(code: grpc.StatusCode, message: str, details: list[any_pb2.Any]) -> status_pb2.Status:
-    return status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=message, details=details
-    )
+def rich_status(
+    code: grpc.StatusCode, message: str, details: list[any_pb2.Any]
+) -> status_pb2.Status:
+    return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
 
 
 def status_of(exc: errors.DomainError) -> tuple[grpc.StatusCode, str, status_pb2.Status]:

@@ -126,16 +126,16 @@ class FlowCatalog:
         unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
         if unknown:
             raise InvalidArgument(
-                FieldViolation("update_mask", f"{p!r} cannot be updated; use one of "
-                               f"{', '.join(UPDATABLE_FIELDS)}")
+                FieldViolation(
+                    "update_mask",
+                    f"{p!r} cannot be updated; use one of {', '.join(UPDATABLE_FIELDS)}",
+                )
                 for p in unknown
             )
         changes = {p: values[p] for p in paths}
         problems = [
             FieldViolation(f"live_flow.{v.field}", v.description)
-            for v in self._check_details(
-                changes.get("name", "x"), changes.get("description", "")
-            )
+            for v in self._check_details(changes.get("name", "x"), changes.get("description", ""))
         ]
         if problems:
             raise InvalidArgument(problems)

@@ -173,7 +173,9 @@ def _check_step(
     return replace(step, id=step_id, prompt_template=prompt)
 
 
-def _check_prompt(at: str, prompt: PromptTemplate, limits: Limits, v: _Violations) -> PromptTemplate:
+def _check_prompt(
+    at: str, prompt: PromptTemplate, limits: Limits, v: _Violations
+) -> PromptTemplate:
     kind = prompt.type or "text"
     if kind == "text":
         if prompt.messages:

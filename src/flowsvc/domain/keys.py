@@ -45,7 +45,10 @@ class Keys:
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         record = ApiKey(
-            id=key_id, organisation_id=org, salt=salt, secret_hash=_hash(salt, secret),
+            id=key_id,
+            organisation_id=org,
+            salt=salt,
+            secret_hash=_hash(salt, secret),
             created_at=now(),
         )
         await self._store.add_key(record)

@@ -113,7 +113,9 @@ class SqlStore:
             ).first()
             return None if row is None else (await self._with_versions(conn, [row]))[0]
 
-    async def _with_versions(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[LiveFlow]:
+    async def _with_versions(
+        self, conn: AsyncConnection, rows: Sequence[Row[Any]]
+    ) -> list[LiveFlow]:
         wanted = {r.current_version_id for r in rows if r.current_version_id}
         missing = [v for v in wanted if v not in self._versions]
         if missing:

@@ -1,0 +1,188 @@
+"""Starts the real server for tests: in a thread of this process, or as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from flowsvc.v1 import (
+    eval_service_pb2_grpc,
+    flow_run_service_pb2_grpc,
+    live_flow_service_pb2_grpc,
+    session_service_pb2_grpc,
+)
+
+from flowsvc.api.server import FlowServer, create_server
+from flowsvc.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def mint_key(database_url: str, org: str) -> str:
+    """Mint a key the way an operator does: the real CLI, last line of its output."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowsvc",
+            "keys",
+            "create",
+            "--org",
+            org,
+            "--database-url",
+            database_url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+class InProcessServer:
+    """create_server() on port 0, run on an event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server: FlowServer
+        self.server, self.port = self.run(create_server(settings))
+        self.run(self.server.start())
+        self.address = f"127.0.0.1:{self.port}"
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    def stop(self) -> None:
+        self.run(self.server.stop(1.0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+
+class ChildServer:
+    """`python -m flowsvc serve` as a separate process, as an operator runs it."""
+
+    def __init__(self, database_url: str, log_path: Path, extra_env: dict[str, str] | None = None):
+        env = {**os.environ, **(extra_env or {})}
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowsvc",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+            ],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            cwd=ROOT,
+        )
+        self.address = f"127.0.0.1:{self._wait_for_port()}"
+
+    def _wait_for_port(self) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if '"serving"' in line:
+                    entry = json.loads(line)
+                    if entry.get("pid", self.proc.pid) == self.proc.pid:
+                        return int(re.split(":", entry["listen"])[-1])
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise TimeoutError("server did not report serving")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+
+    def _with(self, details: Any) -> Any:
+        metadata = list(details.metadata or []) + self._pairs
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with(details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._with(details), request)
+
+
+@dataclass
+class Client:
+    """Stubs of every service on one channel, sending one organisation's key."""
+
+    channel: grpc.Channel
+    flows: live_flow_service_pb2_grpc.LiveFlowServiceStub
+    sessions: session_service_pb2_grpc.SessionServiceStub
+    runs: flow_run_service_pb2_grpc.FlowRunServiceStub
+    evals: eval_service_pb2_grpc.EvalServiceStub
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def connect(address: str, metadata: list[tuple[str, str]] | None = None) -> Client:
+    channel = grpc.insecure_channel(address)
+    if metadata:
+        channel = grpc.intercept_channel(channel, _Metadata(metadata))
+    return Client(
+        channel=channel,
+        flows=live_flow_service_pb2_grpc.LiveFlowServiceStub(channel),
+        sessions=session_service_pb2_grpc.SessionServiceStub(channel),
+        runs=flow_run_service_pb2_grpc.FlowRunServiceStub(channel),
+        evals=eval_service_pb2_grpc.EvalServiceStub(channel),
+    )
+
+
+def bearer(key: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            yield json.loads(line)

@@ -1,0 +1,152 @@
+"""API keys and organisation scope."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+from flowsvc.v1 import live_flow_service_pb2 as svc
+from flowsvc.v1 import resources_pb2 as pb
+from google.protobuf import field_mask_pb2
+
+from tests.conftest import Deployment
+from tests.errors import rpc_error
+from tests.graphs import chain5, create_request
+from tests.harness import Client, connect
+
+UNAUTH = grpc.StatusCode.UNAUTHENTICATED
+LIST = svc.ListLiveFlowsRequest()
+
+
+def test_call_without_key_is_unauthenticated(anonymous: Client) -> None:
+    rpc_error(lambda: anonymous.flows.ListLiveFlows(LIST), UNAUTH)
+
+
+def test_malformed_key_is_unauthenticated(deployment: Deployment) -> None:
+    c = connect(deployment.address, [("authorization", "Bearer not-a-key")])
+    rpc_error(lambda: c.flows.ListLiveFlows(LIST), UNAUTH)
+
+
+def test_wrong_secret_is_unauthenticated(deployment: Deployment) -> None:
+    forged = deployment.acme_key[:-4] + (
+        "AAAA" if not deployment.acme_key.endswith("AAAA") else "BBBB"
+    )
+    c = connect(deployment.address, [("api-key", forged)])
+    rpc_error(lambda: c.flows.ListLiveFlows(LIST), UNAUTH)
+
+
+def test_api_key_header_is_accepted(deployment: Deployment) -> None:
+    c = connect(deployment.address, [("api-key", deployment.acme_key)])
+    c.flows.ListLiveFlows(LIST)
+
+
+def test_matching_current_org_id_is_accepted(deployment: Deployment) -> None:
+    c = connect(deployment.address, [("api-key", deployment.acme_key), ("current-org-id", "acme")])
+    c.flows.ListLiveFlows(LIST)
+
+
+def test_other_current_org_id_is_permission_denied(deployment: Deployment) -> None:
+    c = connect(
+        deployment.address, [("api-key", deployment.acme_key), ("current-org-id", "globex")]
+    )
+    rpc_error(lambda: c.flows.ListLiveFlows(LIST), grpc.StatusCode.PERMISSION_DENIED)
+
+
+def test_keys_are_stored_only_as_hashes(deployment: Deployment) -> None:
+    path = deployment.database_url.split("///", 1)[1]
+    secret = deployment.acme_key.split("_", 2)[2]
+    with open(path, "rb") as db:
+        assert secret.encode() not in db.read()
+
+
+def test_key_command_prints_key_alone_on_last_line(deployment: Deployment) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowsvc",
+            "keys",
+            "create",
+            "--org",
+            "initech",
+            "--database-url",
+            deployment.database_url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("fsk_") and " " not in last
+    c = connect(deployment.address, [("api-key", last)])
+    assert c.flows.CreateLiveFlow(create_request()).organisation_id == "initech"
+
+
+def test_key_command_refuses_bad_org(deployment: Deployment) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flowsvc",
+            "keys",
+            "create",
+            "--org",
+            "no spaces please",
+            "--database-url",
+            deployment.database_url,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+
+
+def test_other_organisations_flows_are_not_found(client: Client, other_org: Client) -> None:
+    flow = client.flows.CreateLiveFlow(create_request("private"))
+    steps, transitions = chain5()
+    nf = grpc.StatusCode.NOT_FOUND
+    rpc_error(lambda: other_org.flows.GetLiveFlow(svc.GetLiveFlowRequest(id=flow.id)), nf)
+    rpc_error(
+        lambda: other_org.flows.UpdateLiveFlow(
+            svc.UpdateLiveFlowRequest(
+                live_flow=pb.LiveFlow(id=flow.id, name="stolen"),
+                update_mask=field_mask_pb2.FieldMask(paths=["name"]),
+            )
+        ),
+        nf,
+    )
+    rpc_error(
+        lambda: other_org.flows.CreateFlowVersion(
+            svc.CreateFlowVersionRequest(flow_id=flow.id, steps=steps, step_transitions=transitions)
+        ),
+        nf,
+    )
+    rpc_error(
+        lambda: other_org.flows.GetFlowVersion(
+            svc.GetFlowVersionRequest(id=flow.current_version.id)
+        ),
+        nf,
+    )
+    rpc_error(
+        lambda: other_org.flows.ListFlowVersions(svc.ListFlowVersionsRequest(flow_id=flow.id)), nf
+    )
+    rpc_error(lambda: other_org.flows.DeleteLiveFlow(svc.DeleteLiveFlowRequest(id=flow.id)), nf)
+    assert client.flows.GetLiveFlow(svc.GetLiveFlowRequest(id=flow.id)).name == "private"
+
+
+def test_list_shows_only_own_organisation(client: Client, other_org: Client) -> None:
+    mine = client.flows.CreateLiveFlow(create_request("mine")).id
+    theirs = other_org.flows.CreateLiveFlow(create_request("theirs")).id
+    listed = {
+        f.id for f in client.flows.ListLiveFlows(svc.ListLiveFlowsRequest(page_size=100)).live_flows
+    }
+    assert mine in listed and theirs not in listed
+
+
+def test_same_request_id_in_two_organisations_makes_two_flows(
+    client: Client, other_org: Client
+) -> None:
+    a = client.flows.CreateLiveFlow(create_request(request_id="shared-id"))
+    b = other_org.flows.CreateLiveFlow(create_request(request_id="shared-id"))
+    assert a.id != b.id and b.organisation_id == "globex"

@@ -1,0 +1,149 @@
+"""The server as an operator runs it: health, reflection, signals, restarts, logs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from flowsvc.v1 import live_flow_service_pb2 as svc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from flowsvc.api.server import SERVICE_NAMES
+from tests.conftest import Deployment
+from tests.graphs import create_request
+from tests.harness import ChildServer, bearer, connect, iter_lines, mint_key, sqlite_url
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_is_serving_overall_and_per_service(deployment: Deployment) -> None:
+    with grpc.insecure_channel(deployment.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for name in ("", *SERVICE_NAMES):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name)).status == SERVING
+
+
+def test_health_of_unknown_service_is_not_found(deployment: Deployment) -> None:
+    with grpc.insecure_channel(deployment.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope.Service"))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+        else:
+            raise AssertionError("expected NOT_FOUND")
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = ChildServer(url, tmp_path / "server.log")
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    messages = [e["msg"] for e in iter_lines(tmp_path / "server.log")]
+    assert messages[-2:] == ["draining", "stopped"]
+
+
+def test_sigint_exits_zero(tmp_path: Path) -> None:
+    server = ChildServer(sqlite_url(tmp_path / "db.sqlite"), tmp_path / "server.log")
+    server.signal(signal.SIGINT)
+    assert server.wait() == 0
+
+
+def test_restart_keeps_every_flow_and_version(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    first = ChildServer(url, tmp_path / "first.log")
+    c = connect(first.address, bearer(key))
+    flow = c.flows.CreateLiveFlow(create_request("durable"))
+    v2 = c.flows.CreateFlowVersion(
+        svc.CreateFlowVersionRequest(
+            flow_id=flow.id,
+            steps=flow.current_version.steps,
+            step_transitions=flow.current_version.step_transitions,
+        )
+    )
+    c.close()
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+
+    second = ChildServer(url, tmp_path / "second.log")
+    try:
+        c = connect(second.address, bearer(key))
+        got = c.flows.GetLiveFlow(svc.GetLiveFlowRequest(id=flow.id))
+        assert got.name == "durable" and got.current_version == v2
+        versions = c.flows.ListFlowVersions(svc.ListFlowVersionsRequest(flow_id=flow.id))
+        assert [v.version for v in versions.flow_versions] == [2, 1]
+        c.close()
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait()
+
+
+def test_each_call_is_logged_with_method_code_and_duration(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = ChildServer(url, tmp_path / "server.log")
+    try:
+        c = connect(server.address)
+        with contextlib.suppress(grpc.RpcError):
+            c.flows.ListLiveFlows(svc.ListLiveFlowsRequest())
+        c.close()
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait()
+    calls = [e for e in iter_lines(tmp_path / "server.log") if e["msg"] == "rpc"]
+    assert calls[-1]["method"] == "/flowsvc.v1.LiveFlowService/ListLiveFlows"
+    assert calls[-1]["code"] == "UNAUTHENTICATED"
+    assert calls[-1]["duration_ms"] >= 0
+
+
+def test_keys_never_reach_the_log(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    server = ChildServer(url, tmp_path / "server.log")
+    try:
+        c = connect(server.address, bearer(key))
+        c.flows.CreateLiveFlow(create_request())
+        c.close()
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait()
+    assert key.split("_", 2)[2] not in (tmp_path / "server.log").read_text()
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = ChildServer(url, tmp_path / "server.log")
+    try:
+        busy = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flowsvc",
+                "serve",
+                "--listen",
+                server.address,
+                "--database-url",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert busy.returncode != 0
+        assert "cannot listen" in busy.stderr
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait()
+
+
+def test_log_lines_are_json(tmp_path: Path) -> None:
+    server = ChildServer(sqlite_url(tmp_path / "db.sqlite"), tmp_path / "server.log")
+    server.signal(signal.SIGTERM)
+    server.wait()
+    lines = [ln for ln in (tmp_path / "server.log").read_text().splitlines() if ln.strip()]
+    assert lines and all(isinstance(json.loads(ln), dict) for ln in lines)

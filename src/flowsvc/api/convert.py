@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowsvc.domain import model
+from flowsvc.domain import model, runs
+from flowsvc.domain.flow_runs import RunOptions
+from flowsvc.domain.ids import new_id
 from flowsvc.v1 import resources_pb2 as pb
 
 _STEP_TYPE_TO_PB = {t: pb.StepType.Value(f"STEP_TYPE_{t.value}") for t in model.StepType}
@@ -179,4 +183,191 @@ def flow_to_pb(flow: model.LiveFlow) -> pb.LiveFlow:
     )
     if flow.current_version is not None:
         out.current_version.CopyFrom(version_to_pb(flow.current_version))
+    out.sessions.extend(session_to_pb(s) for s in flow.sessions if isinstance(s, runs.Session))
+    return out
+
+
+# -- sessions, runs and events ---------------------------------------------------------
+
+
+def _enum_map(enum_type: Any, proto_enum: Any, prefix: str) -> dict[Any, int]:
+    return {member: proto_enum.Value(f"{prefix}_{member.value}") for member in enum_type}
+
+
+_SESSION_STATUS = _enum_map(runs.SessionStatus, pb.SessionStatus, "SESSION_STATUS")
+_SESSION_STATUS_FROM_PB = {v: k for k, v in _SESSION_STATUS.items()}
+_STEP_STATUS = _enum_map(runs.StepStatus, pb.StepStatus, "STEP_STATUS")
+_RUN_STATUS = _enum_map(runs.RunStatus, pb.RunStatus, "RUN_STATUS")
+_EVENT_TYPE = _enum_map(runs.EventType, pb.RunEventType, "RUN_EVENT_TYPE")
+
+
+def session_status_from_pb(value: int) -> str:
+    status = _SESSION_STATUS_FROM_PB.get(value)
+    return "" if status is None else status.value
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if value is None:
+        return None
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def message_from_pb(m: pb.Message) -> runs.Message:
+    date = m.date.ToDatetime(tzinfo=UTC) if m.HasField("date") else datetime.now(UTC)
+    return runs.Message(id=m.id or new_id(), date=date, role=m.role, content=m.content)
+
+
+def customer_from_pb(c: pb.Customer) -> runs.Customer:
+    return runs.Customer(
+        customer_id=c.customer_id, name=c.name, email=c.email, phone_number=c.phone_number
+    )
+
+
+def run_options_from_pb(o: pb.RunOptions) -> RunOptions:
+    return RunOptions(
+        session_id=o.session_id,
+        version=o.version,
+        override=struct_to_dict(o.override),
+        eval_options=json_format.MessageToDict(o.eval_options, preserving_proto_field_name=True),
+        no_wait=o.no_wait,
+    )
+
+
+def message_to_pb(
+    m: runs.Message | None, steps: list[runs.SessionStep] | None = None
+) -> pb.Message | None:
+    if m is None:
+        return None
+    return pb.Message(
+        id=m.id,
+        date=timestamp(m.date),
+        role=m.role,
+        content=m.content,
+        steps=[session_step_to_pb(s) for s in steps or ()],
+    )
+
+
+def session_step_to_pb(s: runs.SessionStep) -> pb.SessionStep:
+    return pb.SessionStep(
+        id=s.id,
+        run_id=s.run_id,
+        status=_STEP_STATUS[s.status],  # type: ignore[arg-type]
+        prompt=s.prompt,
+        result=s.result,
+        error=s.error,
+        user_input=s.user_input,
+        step=step_to_pb(s.step, s.created_at),
+        input_tokens=s.input_tokens,
+        output_tokens=s.output_tokens,
+        cost=s.cost,
+        created_at=timestamp(s.created_at),
+        updated_at=timestamp(s.updated_at),
+    )
+
+
+def session_to_pb(
+    s: runs.Session,
+    steps: list[runs.SessionStep] | None = None,
+    version: model.FlowVersion | None = None,
+) -> pb.Session:
+    out = pb.Session(
+        id=s.id,
+        organisation_id=s.organisation_id,
+        live_flow_id=s.live_flow_id,
+        name=s.name,
+        status=_SESSION_STATUS[s.status],  # type: ignore[arg-type]
+        inputs=dict_to_struct(s.inputs),
+        variables=dict_to_struct(s.variables),
+        messages=[
+            pb.Message(id=m.id, date=timestamp(m.date), role=m.role, content=m.content)
+            for m in s.messages
+        ],
+        expiration_seconds=s.expiration_seconds,
+        expires_at=timestamp(s.expires_at),
+        steps_count=s.steps_count,
+        error=s.error,
+        cost=s.cost,
+        costs=[
+            pb.Cost(
+                type=c.type,
+                name=c.name,
+                input_tokens=c.input_tokens,
+                output_tokens=c.output_tokens,
+                cost=c.cost,
+            )
+            for c in s.costs
+        ],
+        artifact=dict_to_struct(s.artifact),
+        created_at=timestamp(s.created_at),
+        updated_at=timestamp(s.updated_at),
+    )
+    if s.customer is not None:
+        c = s.customer
+        out.customer.CopyFrom(
+            pb.Customer(
+                customer_id=c.customer_id, name=c.name, email=c.email, phone_number=c.phone_number
+            )
+        )
+    if version is not None:
+        out.flow_version.CopyFrom(version_to_pb(version))
+    if steps:
+        out.steps.extend(session_step_to_pb(step) for step in steps)
+        current = next((x for x in steps if x.id == s.current_step_id), steps[-1])
+        out.current_step.CopyFrom(session_step_to_pb(current))
+    return out
+
+
+def run_to_pb(r: runs.FlowRun) -> pb.FlowRun:
+    out = pb.FlowRun(
+        id=r.id,
+        flow_id=r.flow_id,
+        session_id=r.session_id,
+        version=r.version,
+        body=dict_to_struct(r.body),
+        override=dict_to_struct(r.override),
+        status=_RUN_STATUS[r.status],  # type: ignore[arg-type]
+        user_message=message_to_pb(r.user_message),
+        ai_message=message_to_pb(r.ai_message, r.steps),
+        response=r.response,
+        error=r.error,
+        eval_job_id=r.eval_job_id,
+        start_time=timestamp(r.start_time),
+        end_time=timestamp(r.end_time),
+        duration_ms=r.duration_ms,
+        created_at=timestamp(r.created_at),
+        parent_run_id=r.parent_run_id,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cost=r.cost,
+    )
+    if r.eval_options:
+        json_format.ParseDict(r.eval_options, out.eval_options)
+    return out
+
+
+def event_to_pb(e: runs.RunEvent) -> pb.RunEvent:
+    """Encoded once per event, however many subscribers it goes to."""
+    if e.encoded is not None:
+        return e.encoded  # type: ignore[no-any-return]
+    out = pb.RunEvent(
+        seq=e.seq,
+        session_id=e.session_id,
+        run_id=e.run_id,
+        type=_EVENT_TYPE[e.type],  # type: ignore[arg-type]
+        time=timestamp(e.time),
+        session_step_id=e.session_step_id,
+    )
+    if e.step is not None:
+        out.step.CopyFrom(session_step_to_pb(e.step))
+    elif e.run is not None:
+        out.run.CopyFrom(run_to_pb(e.run))
+    elif e.type is runs.EventType.STEP_DELTA:
+        out.delta = e.delta
+    e.encoded = out
     return out

@@ -6,7 +6,9 @@ errors; this module turns those into statuses with details and logs one line per
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import logging
 import time
 import uuid
@@ -116,6 +118,9 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     await self._enter(method, metadata)
                     response = await inner(request, context)
+                except asyncio.CancelledError:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
                 except Exception as exc:
                     outcome.fail(exc, method)
                 finally:
@@ -125,6 +130,32 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+
+        if handler.unary_stream is not None and not inspect.isasyncgenfunction(
+            handler.unary_stream
+        ):
+            inner_writer = handler.unary_stream
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+                started = time.perf_counter()
+                outcome = _Outcome()
+                try:
+                    await self._enter(method, metadata)
+                    await inner_writer(request, context)
+                except asyncio.CancelledError:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
+                except Exception as exc:
+                    outcome.fail(exc, method)
+                finally:
+                    self._log(method, started, outcome.code)
+                await outcome.abort(context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                writer,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )

@@ -36,7 +36,11 @@ class LiveFlowServicer(svc_grpc.LiveFlowServiceServicer):
         return flow_to_pb(flow)
 
     async def GetLiveFlow(self, request: svc.GetLiveFlowRequest, context: Context) -> pb.LiveFlow:
-        flow = await self._catalog.get_flow(current_principal().organisation_id, request.id)
+        flow = await self._catalog.get_flow(
+            current_principal().organisation_id,
+            request.id,
+            full=request.view == pb.LIVE_FLOW_VIEW_FULL,
+        )
         return flow_to_pb(flow)
 
     async def ListLiveFlows(

@@ -5,19 +5,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
+from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
+from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
+from flowsvc.domain.engine import Engine
+from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog
+from flowsvc.domain.hub import Hub
 from flowsvc.domain.keys import Keys
+from flowsvc.domain.providers import Providers
+from flowsvc.domain.sessions import Sessions
 from flowsvc.store.database import Database
+from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.sql_store import SqlStore
 from flowsvc.v1 import (
     eval_service_pb2,
@@ -60,17 +70,43 @@ class FlowServer:
     grpc_server: grpc.aio.Server
     health: health.aio.HealthServicer
     database: Database
+    run_store: SqlRunStore
+    engine: Engine
+    sweep_every: float
+    clock: Callable[[], datetime]
+    sessions: Sessions
+    _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.run_store.start()
+        resumed = await self.engine.resume_unfinished()
+        if resumed:
+            log.info("resumed interrupted runs", extra={"runs": resumed})
         await self.grpc_server.start()
+        self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_every)
+            try:
+                due = await self.run_store.sessions_expired_by(self.clock(), 500)
+                for org, session_id in due:
+                    await self.sessions.get(org, session_id)  # expires it on the way
+            except Exception:
+                log.exception("expiry sweep failed")
+
     async def stop(self, grace: float | None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds."""
+        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds;
+        then stop run tasks (they resume on the next start) and close the database."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.grpc_server.stop(grace)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.engine.stop()
+        await self.run_store.close()
         await self.database.close()
 
     async def wait_for_termination(self) -> None:
@@ -85,22 +121,27 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     await database.migrate()
     store = SqlStore(database)
+    run_store = SqlRunStore(database, store)
     keys = Keys(store)
-    catalog = FlowCatalog(store, settings.limits)
+    catalog = FlowCatalog(store, settings.limits, run_store)
+    hub = Hub(settings.subscriber_queue)
+    engine = Engine(
+        run_store, store, hub, Providers(), step_limit=settings.step_limit, clock=settings.clock
+    )
+    flow_runs = FlowRuns(engine, store, run_store, hub, settings.limits, settings.clock)
+    sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
 
     server = grpc.aio.server(interceptors=[CallGuard(keys)], options=SERVER_OPTIONS)
     live_flow_service_pb2_grpc.add_LiveFlowServiceServicer_to_server(
         LiveFlowServicer(catalog), server
     )
-    # Later work implements these; until then every RPC answers UNIMPLEMENTED.
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-        session_service_pb2_grpc.SessionServiceServicer(),  # type: ignore[abstract]
-        server,
+        SessionServicer(sessions, settings.stream_write_timeout), server
     )
     flow_run_service_pb2_grpc.add_FlowRunServiceServicer_to_server(
-        flow_run_service_pb2_grpc.FlowRunServiceServicer(),  # type: ignore[abstract]
-        server,
+        FlowRunServicer(flow_runs, settings.stream_write_timeout), server
     )
+    # Later work implements this; until then its RPCs answer UNIMPLEMENTED.
     eval_service_pb2_grpc.add_EvalServiceServicer_to_server(
         eval_service_pb2_grpc.EvalServiceServicer(),  # type: ignore[abstract]
         server,
@@ -121,7 +162,19 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     if port == 0:
         await database.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    return FlowServer(server, health_servicer, database), port
+    return (
+        FlowServer(
+            server,
+            health_servicer,
+            database,
+            run_store,
+            engine,
+            settings.expiry_sweep_seconds,
+            settings.clock,
+            sessions,
+        ),
+        port,
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -11,8 +11,8 @@ from flowsvc.domain.graph import validate_graph
 from flowsvc.domain.ids import new_id, now, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, Graph, LiveFlow, Step, Transition
-from flowsvc.domain.paging import Cursor, next_token, parse_page
-from flowsvc.domain.ports import FlowStore
+from flowsvc.domain.paging import Cursor, Page, next_token, parse_page
+from flowsvc.domain.ports import FlowStore, RunStore
 
 UPDATABLE_FIELDS = ("name", "description", "auto_eval_flow_ids")
 MAX_REQUEST_ID_CHARS = 128
@@ -27,10 +27,14 @@ class Listed(Generic[T]):
     next_page_token: str
 
 
+RECENT_SESSIONS = 10
+
+
 class FlowCatalog:
-    def __init__(self, store: FlowStore, limits: Limits) -> None:
+    def __init__(self, store: FlowStore, limits: Limits, sessions: RunStore | None = None) -> None:
         self._store = store
         self._limits = limits
+        self._sessions = sessions
 
     def _check_details(self, name: str, description: str) -> list[FieldViolation]:
         problems = []
@@ -102,11 +106,15 @@ class FlowCatalog:
             if found is None:
                 raise InvalidArgument.one(field, f"no live flow {flow_id[:80]!r} to evaluate with")
 
-    async def get_flow(self, org: str, flow_id: str) -> LiveFlow:
+    async def get_flow(self, org: str, flow_id: str, full: bool = False) -> LiveFlow:
         require_id("id", flow_id, "live flow")
         flow = await self._store.get_flow(org, flow_id)
         if flow is None:
             raise NotFound("live flow", flow_id)
+        if full and self._sessions is not None:
+            flow.sessions = list(
+                await self._sessions.list_sessions(org, flow_id, "", Page(RECENT_SESSIONS, None))
+            )
         return flow
 
     async def list_flows(self, org: str, page_size: int, page_token: str) -> Listed[LiveFlow]:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
 from flowsvc.domain.paging import Page
+from flowsvc.domain.runs import FlowRun, Journal, RunEvent, Session, SessionStep
 
 
 class FlowStore(Protocol):
@@ -39,8 +42,59 @@ class FlowStore(Protocol):
 
     async def list_versions(self, org: str, flow_id: str, page: Page) -> list[FlowVersion]: ...
 
+    async def load_versions(self, version_ids: set[str]) -> dict[str, FlowVersion]:
+        """Versions by id, of any organisation: for records that already belong to one."""
+        ...
+
 
 class KeyStore(Protocol):
     async def add_key(self, key: ApiKey) -> None: ...
 
     async def get_key(self, key_id: str) -> ApiKey | None: ...
+
+
+class RunStore(Protocol):
+    def record(self, journal: Journal) -> asyncio.Future[None]:
+        """Queue the journal for the next group commit and return a future that resolves
+        once it is committed. The records are copied now: the caller may keep changing them."""
+        ...
+
+    async def get_session(self, org: str, session_id: str) -> Session | None: ...
+
+    async def get_session_any_org(self, session_id: str) -> Session | None: ...
+
+    async def session_by_request(self, org: str, request_id: str) -> Session | None: ...
+
+    async def session_steps(self, session_id: str) -> list[SessionStep]: ...
+
+    async def step_by_input_request(
+        self, session_id: str, request_id: str
+    ) -> SessionStep | None: ...
+
+    async def list_sessions(
+        self, org: str, flow_id: str, status: str, page: Page
+    ) -> list[Session]: ...
+
+    async def delete_session(self, org: str, session_id: str) -> bool: ...
+
+    async def get_run(self, org: str, run_id: str) -> FlowRun | None: ...
+
+    async def run_by_request(self, org: str, request_id: str) -> FlowRun | None: ...
+
+    async def list_runs(
+        self, org: str, flow_id: str, session_id: str, page: Page
+    ) -> list[FlowRun]: ...
+
+    async def run_steps(self, run_id: str) -> list[SessionStep]: ...
+
+    async def events_after(
+        self, session_id: str, after_seq: int, run_id: str, limit: int
+    ) -> list[RunEvent]: ...
+
+    async def unfinished_runs(self) -> list[FlowRun]:
+        """Runs of every organisation that were QUEUED or RUNNING: to resume on start."""
+        ...
+
+    async def sessions_expired_by(self, when: datetime, limit: int) -> list[tuple[str, str]]:
+        """(organisation, session id) of sessions past expiry and not yet EXPIRED."""
+        ...

@@ -226,6 +226,17 @@ class SqlStore:
             )
         )
 
+    async def load_versions(self, version_ids: set[str]) -> dict[str, FlowVersion]:
+        missing = [v for v in version_ids if v not in self._versions]
+        if missing:
+            async with self.db.read() as conn:
+                for row in await conn.execute(select(versions).where(versions.c.id.in_(missing))):
+                    self._versions.setdefault(row.id, _version(row))
+        return {v: self._versions[v] for v in version_ids if v in self._versions}
+
+    def cached_version(self, version_id: str) -> FlowVersion | None:
+        return self._versions.get(version_id)
+
     async def list_versions(self, org: str, flow_id: str, page: Page) -> list[FlowVersion]:
         query = _newest_first(
             select(versions).where(

@@ -80,4 +80,118 @@ class FlowVersionRow(SQLModel, table=True):
     created_at: datetime = _when()
 
 
+class SessionRow(SQLModel, table=True):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_org_created", "organisation_id", "created_at", "id"),
+        Index(
+            "ix_sessions_org_flow_created", "organisation_id", "live_flow_id", "created_at", "id"
+        ),
+        Index("ix_sessions_org_status_created", "organisation_id", "status", "created_at", "id"),
+        Index("ix_sessions_expiry", "status", "expires_at"),
+        UniqueConstraint("organisation_id", "request_id", name="uq_sessions_request"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    organisation_id: str = Field(max_length=128)
+    live_flow_id: str = Field(max_length=36)
+    flow_version_id: str = Field(max_length=36)
+    version: int
+    name: str
+    status: str = Field(max_length=24)
+    inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    variables: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    messages: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    customer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    expiration_seconds: int
+    expires_at: datetime = _when()
+    steps_count: int
+    current_step_id: str
+    error: str
+    cost: float
+    costs: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    artifact: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    request_id: str | None = Field(default=None, max_length=128)
+    last_seq: int
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+
+
+class FlowRunRow(SQLModel, table=True):
+    __tablename__ = "flow_runs"
+    __table_args__ = (
+        Index("ix_flow_runs_org_created", "organisation_id", "created_at", "id"),
+        Index("ix_flow_runs_org_flow_created", "organisation_id", "flow_id", "created_at", "id"),
+        Index("ix_flow_runs_session_created", "session_id", "created_at", "id"),
+        Index("ix_flow_runs_status", "status"),
+        UniqueConstraint("organisation_id", "request_id", name="uq_flow_runs_request"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    organisation_id: str = Field(max_length=128)
+    flow_id: str = Field(max_length=36)
+    session_id: str = Field(max_length=36)
+    flow_version_id: str = Field(max_length=36)
+    version: int
+    body: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    override: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=24)
+    user_message: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    ai_message: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    response: str
+    error: str
+    eval_job_id: str
+    eval_options: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    parent_run_id: str
+    request_id: str | None = Field(default=None, max_length=128)
+    start_time: datetime | None = _when(nullable=True)
+    end_time: datetime | None = _when(nullable=True)
+    duration_ms: int
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+
+
+class SessionStepRow(SQLModel, table=True):
+    __tablename__ = "session_steps"
+    __table_args__ = (
+        Index("ix_session_steps_session_position", "session_id", "position"),
+        Index("ix_session_steps_run_position", "run_id", "position"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    session_id: str = Field(max_length=36)
+    run_id: str = Field(max_length=36)
+    organisation_id: str = Field(max_length=128)
+    position: int
+    flow_version_id: str = Field(max_length=36)
+    step_id: str = Field(max_length=64)
+    status: str = Field(max_length=24)
+    prompt: str
+    result: str
+    error: str
+    user_input: str
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    input_request_id: str | None = Field(default=None, max_length=128)
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+
+
+class RunEventRow(SQLModel, table=True):
+    __tablename__ = "run_events"
+    __table_args__ = (Index("ix_run_events_run_seq", "run_id", "seq"),)
+
+    session_id: str = Field(primary_key=True, max_length=36)
+    seq: int = Field(primary_key=True)
+    run_id: str = Field(max_length=36)
+    organisation_id: str = Field(max_length=128)
+    type: str = Field(max_length=24)
+    time: datetime = _when()
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
 metadata = SQLModel.metadata

@@ -1,0 +1,752 @@
+"""The durable engine: walks a pinned flow version step by step, journaling every move.
+
+Rules it keeps:
+- Every change goes to the store as one Journal per move, in order. Events reach
+  subscribers only from the journal's commit callback: nothing is streamed uncommitted.
+- A run awaits its outstanding journals before it reports that it stopped, so anything a
+  caller is told is already committed.
+- Runs on one session take turns (a per-session lock, FIFO); seqs are allocated from the
+  session record the engine holds while the session is in use.
+- A run task cancelled by the server's shutdown leaves its committed state as it is and is
+  resumed on the next start; a run cancelled by a caller commits RUN_CANCELLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from flowsvc.domain.errors import FailedPrecondition, NotFound
+from flowsvc.domain.hub import Hub
+from flowsvc.domain.ids import new_id
+from flowsvc.domain.model import FlowVersion, LlmConfig, Step, StepType
+from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.providers import ChatTurn, ModelError, ModelRequest, Providers
+from flowsvc.domain.routing import GraphIndex, RoutingError
+from flowsvc.domain.runs import (
+    EventType,
+    FlowRun,
+    Journal,
+    Message,
+    RunEvent,
+    RunStatus,
+    Session,
+    SessionStatus,
+    SessionStep,
+    StepStatus,
+)
+from flowsvc.domain.templates import MissingValue, RenderContext, render
+
+log = logging.getLogger("flowsvc.engine")
+
+TERMINAL_RUN = frozenset({RunStatus.COMPLETE, RunStatus.ERROR, RunStatus.CANCELLED})
+
+
+class StepFailure(Exception):
+    pass
+
+
+@dataclass
+class _SessionState:
+    session: Session
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    deleted: bool = False
+
+    def next_seq(self) -> int:
+        self.session.last_seq += 1
+        return self.session.last_seq
+
+
+@dataclass
+class _RunContext:
+    state: _SessionState
+    run: FlowRun
+    version: FlowVersion
+    graph: GraphIndex
+    results: dict[str, str] = field(default_factory=dict)
+    user_inputs: dict[str, str] = field(default_factory=dict)
+    pending: list[asyncio.Future[None]] = field(default_factory=list)
+    current: SessionStep | None = None
+
+
+def body_text(body: dict[str, Any]) -> str:
+    """The user's message as text: a single value as it is, anything else as JSON."""
+    if len(body) == 1:
+        (value,) = body.values()
+        if isinstance(value, str):
+            return value
+    return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+
+def effective_llm(step: Step, override: dict[str, Any]) -> LlmConfig:
+    config = step.llm or LlmConfig()
+    changes = {
+        key.split(".", 1)[1]: value
+        for key, value in override.items()
+        if key.split(".", 1)[0] == step.name
+    }
+    if "max_tokens" in changes:
+        changes["max_tokens"] = int(changes["max_tokens"])
+    return replace(config, **changes) if changes else config
+
+
+class Engine:
+    def __init__(
+        self,
+        runs: RunStore,
+        flows: FlowStore,
+        hub: Hub,
+        providers: Providers,
+        *,
+        step_limit: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._runs = runs
+        self._flows = flows
+        self._hub = hub
+        self._providers = providers
+        self._step_limit = step_limit
+        self._clock = clock
+        self._states: dict[str, _SessionState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._task_runs: dict[str, FlowRun] = {}
+        self._cancel_requested: set[str] = set()
+        self._graphs: dict[str, GraphIndex] = {}
+        self._stopping = False
+
+    # -- session state ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def session_state(self, org: str, session_id: str) -> AsyncIterator[_SessionState]:
+        """The engine's live record of a session, loaded once and shared while in use."""
+        state = self._states.get(session_id)
+        if state is None:
+            session = await self._runs.get_session(org, session_id)
+            if session is None:
+                raise NotFound("session", session_id)
+            state = self._states.setdefault(session_id, _SessionState(session))
+        if state.session.organisation_id != org or state.deleted:
+            raise NotFound("session", session_id)
+        state.users += 1
+        try:
+            yield state
+        finally:
+            self._release(state)
+
+    def adopt_session(self, session: Session) -> _SessionState:
+        state = _SessionState(session)
+        self._states[session.id] = state
+        return state
+
+    def _release(self, state: _SessionState) -> None:
+        state.users -= 1
+        if (
+            state.users <= 0
+            and not state.lock.locked()
+            and self._states.get(state.session.id) is state
+        ):
+            del self._states[state.session.id]
+
+    def _graph(self, version: FlowVersion) -> GraphIndex:
+        graph = self._graphs.get(version.id)
+        if graph is None:
+            graph = self._graphs[version.id] = GraphIndex.of(version.graph)
+        return graph
+
+    # -- journaling --------------------------------------------------------------------
+
+    def _event(
+        self,
+        state: _SessionState,
+        run: FlowRun,
+        kind: EventType,
+        *,
+        step: SessionStep | None = None,
+        with_run: bool = False,
+    ) -> RunEvent:
+        return RunEvent(
+            seq=state.next_seq(),
+            session_id=run.session_id,
+            run_id=run.id,
+            organisation_id=run.organisation_id,
+            type=kind,
+            time=self._clock(),
+            step=None if step is None else step.snapshot(),
+            run=run.snapshot() if with_run else None,
+            session_step_id="" if step is None else step.id,
+        )
+
+    def _record(self, journal: Journal) -> asyncio.Future[None]:
+        future = self._runs.record(journal)
+        if journal.events:
+            events = journal.events
+            hub = self._hub
+
+            def publish(done: asyncio.Future[None]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    hub.publish(events)
+
+            future.add_done_callback(publish)
+        return future
+
+    def _move(
+        self,
+        ctx: _RunContext,
+        events: list[RunEvent],
+        *,
+        new_steps: tuple[SessionStep, ...] = (),
+        steps: tuple[SessionStep, ...] = (),
+    ) -> None:
+        ctx.pending.append(
+            self._record(
+                Journal(
+                    session=ctx.state.session,
+                    runs=[ctx.run],
+                    new_steps=list(new_steps),
+                    steps=list(steps),
+                    events=events,
+                )
+            )
+        )
+
+    async def _settle(self, ctx: _RunContext) -> None:
+        pending, ctx.pending = ctx.pending, []
+        if pending:
+            await asyncio.gather(*pending)
+
+    # -- starting runs -----------------------------------------------------------------
+
+    async def start(
+        self, state: _SessionState, run: FlowRun, version: FlowVersion, *, new_session: bool
+    ) -> asyncio.Future[None]:
+        """Journal the queued run (and new session), then launch it. The returned future
+        resolves when that first journal is committed."""
+        state.session.updated_at = self._clock()
+        committed = self._record(
+            Journal(session=state.session, session_is_new=new_session, new_runs=[run])
+        )
+        self._launch(state, run, version)
+        return committed
+
+    def _launch(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> None:
+        state.users += 1
+        task = asyncio.create_task(self._drive(state, run, version), name=f"run-{run.id}")
+        self._tasks[run.id] = task
+        self._task_runs[run.id] = run
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._tasks.get(run.id) is t:
+                del self._tasks[run.id]
+                self._task_runs.pop(run.id, None)
+            self._cancel_requested.discard(run.id)
+            self._release(state)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("run task failed", exc_info=t.exception(), extra={"run_id": run.id})
+
+        task.add_done_callback(done)
+
+    async def wait(self, run_id: str) -> FlowRun | None:
+        """Wait until the run stops (finished or waiting for input); None if no task ran it."""
+        task = self._tasks.get(run_id)
+        if task is None:
+            return None
+        run = self._task_runs[run_id]
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+        return run.snapshot()
+
+    def active_run_ids(self, session_id: str) -> list[str]:
+        return [rid for rid, run in self._task_runs.items() if run.session_id == session_id]
+
+    async def resume_unfinished(self) -> int:
+        """On start: relaunch every run a previous process left QUEUED or RUNNING."""
+        unfinished = await self._runs.unfinished_runs()
+        for run in unfinished:
+            versions = await self._flows.load_versions({run.flow_version_id})
+            version = versions.get(run.flow_version_id)
+            if version is None:
+                continue
+            state = self._states.get(run.session_id)
+            if state is None:
+                session = await self._runs.get_session(run.organisation_id, run.session_id)
+                if session is None:
+                    continue
+                state = self.adopt_session(session)
+            self._launch(state, run, version)
+        return len(unfinished)
+
+    async def stop(self) -> None:
+        """Shutdown: cut run tasks without journaling; they resume on the next start."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # -- driving a run -----------------------------------------------------------------
+
+    async def _drive(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> None:
+        ctx: _RunContext | None = None
+        try:
+            await state.lock.acquire()
+        except asyncio.CancelledError:
+            if self._stopping or run.id not in self._cancel_requested:
+                raise
+            await self._cancel_without_lock(state, run, version)
+            return
+        try:
+            if state.deleted:
+                return
+            ctx = await self._context(state, run, version)
+            await self._walk(ctx)
+            await self._settle(ctx)
+        except asyncio.CancelledError:
+            if self._stopping or run.id not in self._cancel_requested or ctx is None:
+                raise
+            await self._record_cancel(ctx)
+        finally:
+            state.lock.release()
+
+    async def _context(
+        self, state: _SessionState, run: FlowRun, version: FlowVersion
+    ) -> _RunContext:
+        ctx = _RunContext(state, run, version, self._graph(version))
+        if run.status is not RunStatus.QUEUED:
+            run.steps = await self._runs.run_steps(run.id)
+            for s in run.steps:
+                if s.status is StepStatus.COMPLETED:
+                    ctx.results[s.step.name] = s.result
+                    if s.step.step_type is StepType.INPUT:
+                        ctx.user_inputs[s.step.name] = s.user_input
+        return ctx
+
+    def _next(self, ctx: _RunContext) -> tuple[Step | None, SessionStep | None]:
+        """Where the run goes on: a step to begin, or a started step to redo."""
+        if not ctx.run.steps:
+            return ctx.graph.start, None
+        last = ctx.run.steps[-1]
+        if last.status is StepStatus.RUNNING:
+            return None, last
+        return ctx.graph.next_step(last.step, last.result), None
+
+    async def _walk(self, ctx: _RunContext) -> None:
+        run, session = ctx.run, ctx.state.session
+        now = self._clock()
+        if run.status is RunStatus.QUEUED:
+            run.status = RunStatus.RUNNING
+            run.start_time = now
+            run.updated_at = now
+            session.status = SessionStatus.RUNNING
+            session.error = ""
+            session.updated_at = now
+            self._move(ctx, [self._event(ctx.state, run, EventType.RUN_STARTED, with_run=True)])
+        try:
+            step_def, current = self._next(ctx)
+        except RoutingError as exc:
+            self._fail_run(ctx, ctx.run.steps[-1], str(exc))
+            return
+        while True:
+            if current is None:
+                assert step_def is not None
+                if len(run.steps) >= self._step_limit:
+                    self._fail_run(
+                        ctx,
+                        None,
+                        f"run stopped after {self._step_limit} steps: the per-run step limit "
+                        "(a loop that never reaches END?)",
+                    )
+                    return
+                current = self._begin_step(ctx, step_def)
+            ctx.current = current
+            try:
+                if current.error:
+                    raise StepFailure(current.error)
+                result = await self._perform(ctx, current)
+                if result is None:
+                    self._pause_for_input(ctx, current)
+                    return
+                if current.step.step_type is StepType.END:
+                    self._complete_run(ctx, current, result)
+                    return
+                next_def = ctx.graph.next_step(current.step, result)
+            except (StepFailure, RoutingError) as exc:
+                self._fail_run(ctx, current, str(exc))
+                return
+            self._complete_step(ctx, current, result)
+            step_def, current = next_def, None
+
+    def _render_context(self, ctx: _RunContext) -> RenderContext:
+        session = ctx.state.session
+        return RenderContext(
+            inputs=ctx.run.body,
+            variables=session.variables,
+            results=ctx.results,
+            user_inputs=ctx.user_inputs,
+        )
+
+    def _render(self, ctx: _RunContext, step: Step) -> str:
+        prompt = step.prompt_template
+        if prompt is None:
+            return ""
+        rc = self._render_context(ctx)
+        if prompt.type == "chat":
+            return "\n".join(f"{m.role}: {render(m.content, rc)}" for m in prompt.messages)
+        return render(prompt.text, rc)
+
+    def _begin_step(self, ctx: _RunContext, step: Step) -> SessionStep:
+        session, now = ctx.state.session, self._clock()
+        current = SessionStep(
+            id=new_id(),
+            session_id=session.id,
+            run_id=ctx.run.id,
+            organisation_id=session.organisation_id,
+            position=session.steps_count + 1,
+            flow_version_id=ctx.version.id,
+            step=step,
+            status=StepStatus.RUNNING,
+            created_at=now,
+            updated_at=now,
+        )
+        session.steps_count += 1
+        session.current_step_id = current.id
+        session.updated_at = now
+        ctx.run.steps.append(current)
+        try:
+            current.prompt = self._render(ctx, step)
+        except MissingValue as exc:
+            current.error = f"step {step.name!r}: {exc}"
+        self._move(
+            ctx,
+            [self._event(ctx.state, ctx.run, EventType.STEP_STARTED, step=current)],
+            new_steps=(current,),
+        )
+        return current
+
+    async def _perform(self, ctx: _RunContext, current: SessionStep) -> str | None:
+        """The step's result, or None when it waits for a person."""
+        kind = current.step.step_type
+        if kind is StepType.INPUT:
+            return None
+        if kind is StepType.LLM:
+            return await self._call_model(ctx, current)
+        if kind is StepType.HTTP:
+            raise StepFailure(
+                f"step {current.step.name!r}: HTTP steps may call only allow-listed hosts, "
+                "and this server allows none"
+            )
+        # START has no prompt; CONDITION and END are their rendered prompt.
+        return current.prompt
+
+    async def _call_model(self, ctx: _RunContext, current: SessionStep) -> str:
+        config = effective_llm(current.step, ctx.run.override)
+        try:
+            provider, model = self._providers.resolve(config.model)
+        except ModelError as exc:
+            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        rc = self._render_context(ctx)
+        turns: list[ChatTurn] = []
+        try:
+            if config.system_prompt:
+                turns.append(ChatTurn("system", render(config.system_prompt, rc)))
+            if config.include_history:
+                turns.extend(ChatTurn(m.role, m.content) for m in ctx.state.session.messages)
+            prompt = current.step.prompt_template
+            if prompt is not None and prompt.type == "chat":
+                turns.extend(ChatTurn(m.role, render(m.content, rc)) for m in prompt.messages)
+            else:
+                turns.append(ChatTurn("user", current.prompt))
+        except MissingValue as exc:
+            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        request = ModelRequest(
+            model=model,
+            messages=tuple(turns),
+            prompt=current.prompt,
+            temperature=config.temperature,
+            max_tokens=config.max_tokens,
+        )
+        parts: list[str] = []
+        try:
+            async for chunk in provider.stream(request):
+                if chunk.text:
+                    parts.append(chunk.text)
+                    if self._hub.subscriber_count(current.session_id):
+                        self._publish_delta(ctx, current, chunk.text)
+                if chunk.input_tokens is not None:
+                    current.input_tokens = chunk.input_tokens
+                if chunk.output_tokens is not None:
+                    current.output_tokens = chunk.output_tokens
+        except ModelError as exc:
+            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        return "".join(parts)
+
+    def _publish_delta(self, ctx: _RunContext, current: SessionStep, text: str) -> None:
+        delta = RunEvent(
+            seq=0,
+            session_id=current.session_id,
+            run_id=ctx.run.id,
+            organisation_id=ctx.run.organisation_id,
+            type=EventType.STEP_DELTA,
+            time=self._clock(),
+            delta=text,
+            session_step_id=current.id,
+        )
+        if not ctx.pending:
+            self._hub.publish([delta])
+            return
+        # After the step's STEP_STARTED: done-callbacks run in the order they were added.
+        hub = self._hub
+
+        def publish(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                hub.publish([delta])
+
+        ctx.pending[-1].add_done_callback(publish)
+
+    def _complete_step(self, ctx: _RunContext, current: SessionStep, result: str) -> None:
+        current.status = StepStatus.COMPLETED
+        current.result = result
+        current.updated_at = self._clock()
+        ctx.results[current.step.name] = result
+        self._add_usage(ctx, current)
+        self._move(
+            ctx,
+            [self._event(ctx.state, ctx.run, EventType.STEP_COMPLETED, step=current)],
+            steps=(current,),
+        )
+
+    def _add_usage(self, ctx: _RunContext, current: SessionStep) -> None:
+        run, session = ctx.run, ctx.state.session
+        run.input_tokens += current.input_tokens
+        run.output_tokens += current.output_tokens
+        run.cost += current.cost
+        session.cost += current.cost
+
+    def _finish(self, state: _SessionState, run: FlowRun, status: RunStatus) -> datetime:
+        now = self._clock()
+        run.status = status
+        run.end_time = now
+        run.updated_at = now
+        start = run.start_time or run.created_at
+        run.duration_ms = int((now - start) / timedelta(milliseconds=1))
+        state.session.updated_at = now
+        return now
+
+    def _complete_run(self, ctx: _RunContext, current: SessionStep, response: str) -> None:
+        run, session = ctx.run, ctx.state.session
+        current.status = StepStatus.COMPLETED
+        current.result = response
+        current.updated_at = self._clock()
+        ctx.results[current.step.name] = response
+        self._add_usage(ctx, current)
+        now = self._finish(ctx.state, ctx.run, RunStatus.COMPLETE)
+        run.response = response
+        run.user_message = Message(new_id(), run.created_at, "user", body_text(run.body))
+        run.ai_message = Message(new_id(), now, "assistant", response)
+        session.messages.extend([run.user_message, run.ai_message])
+        session.status = SessionStatus.COMPLETED
+        session.artifact = {"response": response, "steps": dict(ctx.results)}
+        self._move(
+            ctx,
+            [
+                self._event(ctx.state, run, EventType.STEP_COMPLETED, step=current),
+                self._event(ctx.state, run, EventType.RUN_COMPLETED, with_run=True),
+            ],
+            steps=(current,),
+        )
+
+    def _fail_run(self, ctx: _RunContext, current: SessionStep | None, error: str) -> None:
+        run, session = ctx.run, ctx.state.session
+        events = []
+        touched: tuple[SessionStep, ...] = ()
+        if current is not None:
+            current.status = StepStatus.FAILED
+            current.error = error
+            current.updated_at = self._clock()
+            touched = (current,)
+            events.append(self._event(ctx.state, run, EventType.STEP_FAILED, step=current))
+        self._finish(ctx.state, ctx.run, RunStatus.ERROR)
+        run.error = error
+        session.status = SessionStatus.FAILED
+        session.error = error
+        events.append(self._event(ctx.state, run, EventType.RUN_FAILED, with_run=True))
+        self._move(ctx, events, steps=touched)
+
+    def _pause_for_input(self, ctx: _RunContext, current: SessionStep) -> None:
+        run, session, now = ctx.run, ctx.state.session, self._clock()
+        current.status = StepStatus.WAITING_FOR_INPUT
+        current.updated_at = now
+        run.status = RunStatus.WAITING_FOR_INPUT
+        run.updated_at = now
+        session.status = SessionStatus.WAITING_FOR_INPUT
+        session.updated_at = now
+        self._move(
+            ctx,
+            [self._event(ctx.state, run, EventType.INPUT_REQUIRED, step=current)],
+            steps=(current,),
+        )
+
+    # -- input, cancel, expiry -----------------------------------------------------------
+
+    async def submit_input(
+        self, state: _SessionState, answer: str, step_id: str, request_id: str
+    ) -> str:
+        """Answer the waiting INPUT step and let its run go on. Returns the run's id."""
+        async with state.lock:
+            session = state.session
+            if request_id:
+                answered = await self._runs.step_by_input_request(session.id, request_id)
+                if answered is not None:
+                    return answered.run_id
+            await self._expire_if_due(state)
+            if session.status is not SessionStatus.WAITING_FOR_INPUT:
+                raise FailedPrecondition(
+                    f"session is {session.status.value}, not waiting for input",
+                    kind="SESSION_STATE",
+                    subject=f"sessions/{session.id}",
+                )
+            waiting = await self._waiting_step(session)
+            if step_id and step_id != waiting.id:
+                raise FailedPrecondition(
+                    f"step {step_id!r} is not the step waiting for input ({waiting.id})",
+                    kind="STEP_STATE",
+                    subject=f"sessions/{session.id}/steps/{step_id}",
+                )
+            run = await self._runs.get_run(session.organisation_id, waiting.run_id)
+            if run is None:
+                raise NotFound("run", waiting.run_id)
+            version = (await self._flows.load_versions({run.flow_version_id}))[run.flow_version_id]
+            now = self._clock()
+            waiting.status = StepStatus.COMPLETED
+            waiting.result = answer
+            waiting.user_input = answer
+            waiting.input_request_id = request_id
+            waiting.updated_at = now
+            run.status = RunStatus.RUNNING
+            run.updated_at = now
+            session.status = SessionStatus.RUNNING
+            session.updated_at = now
+            await self._record(
+                Journal(
+                    session=session,
+                    runs=[run],
+                    steps=[waiting],
+                    events=[self._event(state, run, EventType.STEP_COMPLETED, step=waiting)],
+                )
+            )
+        self._launch(state, run, version)
+        return run.id
+
+    async def _waiting_step(self, session: Session) -> SessionStep:
+        steps = await self._runs.session_steps(session.id)
+        for s in reversed(steps):
+            if s.status is StepStatus.WAITING_FOR_INPUT:
+                return s
+        raise FailedPrecondition("session has no step waiting for input", kind="SESSION_STATE")
+
+    async def cancel_run(self, state: _SessionState, run_id: str) -> None:
+        """Stop the run; returns once RUN_CANCELLED is committed."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            self._cancel_requested.add(run_id)
+            task.cancel()
+            await asyncio.wait([task])
+            return
+        async with state.lock:
+            run = await self._runs.get_run(state.session.organisation_id, run_id)
+            if run is None:
+                raise NotFound("run", run_id)
+            if run.status in TERMINAL_RUN:
+                return
+            version = (await self._flows.load_versions({run.flow_version_id}))[run.flow_version_id]
+            ctx = _RunContext(state, run, version, self._graph(version))
+            ctx.current = run.steps[-1] if run.steps else None
+            await self._record_cancel(ctx)
+
+    async def _cancel_without_lock(
+        self, state: _SessionState, run: FlowRun, version: FlowVersion
+    ) -> None:
+        ctx = _RunContext(state, run, version, self._graph(version))
+        await self._record_cancel(ctx, touch_session=False)
+
+    async def _record_cancel(self, ctx: _RunContext, *, touch_session: bool = True) -> None:
+        run = ctx.run
+        if run.status in TERMINAL_RUN:
+            await self._settle(ctx)
+            return
+        touched: tuple[SessionStep, ...] = ()
+        current = ctx.current
+        if current is not None and current.status in (
+            StepStatus.RUNNING,
+            StepStatus.WAITING_FOR_INPUT,
+            StepStatus.NEW,
+        ):
+            current.status = StepStatus.CANCELLED
+            current.updated_at = self._clock()
+            touched = (current,)
+        self._finish(ctx.state, ctx.run, RunStatus.CANCELLED)
+        run.error = "cancelled"
+        if touch_session:
+            ctx.state.session.status = SessionStatus.CANCELLED
+        self._move(
+            ctx,
+            [self._event(ctx.state, run, EventType.RUN_CANCELLED, with_run=True)],
+            steps=touched,
+        )
+        await self._settle(ctx)
+
+    async def _expire_if_due(self, state: _SessionState) -> None:
+        """Mark the session EXPIRED once its time is up; a run waiting for input fails."""
+        session = state.session
+        if session.status is SessionStatus.EXPIRED or self._clock() < session.expires_at:
+            return
+        if self.active_run_ids(session.id):
+            return  # a running run finishes first; the session expires when it stops
+        journal = Journal(session=session)
+        if session.status is SessionStatus.WAITING_FOR_INPUT:
+            waiting = await self._waiting_step(session)
+            run = await self._runs.get_run(session.organisation_id, waiting.run_id)
+            if run is not None:
+                waiting.status = StepStatus.CANCELLED
+                waiting.updated_at = self._clock()
+                self._finish(state, run, RunStatus.ERROR)
+                run.error = "session expired while waiting for input"
+                journal.runs.append(run)
+                journal.steps.append(waiting)
+                journal.events.append(self._event(state, run, EventType.RUN_FAILED, with_run=True))
+        session.status = SessionStatus.EXPIRED
+        session.updated_at = self._clock()
+        await self._record(journal)
+        self._hub.close_session(session.id, "session expired")
+
+    async def mark_cancelled(self, state: _SessionState) -> None:
+        """CancelSession with no run to stop still leaves the session CANCELLED."""
+        async with state.lock:
+            if state.session.status is SessionStatus.CANCELLED:
+                return
+            state.session.status = SessionStatus.CANCELLED
+            state.session.updated_at = self._clock()
+            await self._record(Journal(session=state.session))
+
+    async def waiting_step(self, session: Session) -> SessionStep:
+        return await self._waiting_step(session)
+
+    async def expire_if_due(self, state: _SessionState) -> None:
+        async with state.lock:
+            await self._expire_if_due(state)
+
+    async def delete_session(self, state: _SessionState) -> None:
+        for run_id in self.active_run_ids(state.session.id):
+            await self.cancel_run(state, run_id)
+        async with state.lock:
+            state.deleted = True
+            await self._runs.delete_session(state.session.organisation_id, state.session.id)
+        self._hub.close_session(state.session.id, "session deleted")

@@ -1,0 +1,403 @@
+"""Running flows: the use cases behind FlowRunService (and the runs CreateSession starts)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from flowsvc.domain.engine import TERMINAL_RUN, Engine
+from flowsvc.domain.errors import (
+    Aborted,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
+from flowsvc.domain.hub import Hub
+from flowsvc.domain.ids import new_id, require_id
+from flowsvc.domain.limits import Limits
+from flowsvc.domain.model import FlowVersion, LiveFlow, StepType
+from flowsvc.domain.paging import Cursor, next_token, parse_page
+from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.runs import (
+    Customer,
+    FlowRun,
+    Message,
+    RunEvent,
+    RunStatus,
+    Session,
+    SessionStatus,
+)
+from flowsvc.domain.watch import follow
+
+OVERRIDABLE = {
+    "model": str,
+    "temperature": float,
+    "max_tokens": int,
+    "system_prompt": str,
+    "include_history": bool,
+}
+DEFAULT_EXPIRATION = 86_400
+MIN_EXPIRATION, MAX_EXPIRATION = 60, 2_592_000
+
+
+@dataclass
+class RunOptions:
+    session_id: str = ""
+    version: int = 0
+    override: dict[str, Any] = field(default_factory=dict)
+    eval_options: dict[str, Any] = field(default_factory=dict)
+    no_wait: bool = False
+
+
+@dataclass
+class NewSession:
+    name: str = ""
+    expiration_seconds: int | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    messages: list[Message] = field(default_factory=list)
+    customer: Customer | None = None
+    request_id: str = ""
+
+
+@dataclass
+class Started:
+    run: FlowRun
+    session: Session
+    # The session's last seq before this run: its events come after it.
+    after_seq: int
+    existing: bool = False
+
+
+def check_overrides(
+    override: Mapping[str, Any], version: FlowVersion, field_name: str
+) -> list[FieldViolation]:
+    steps = {s.name: s for s in version.graph.steps}
+    problems = []
+    for key, value in override.items():
+        at = f"{field_name}[{key!r}]"
+        step_name, _, prop = key.partition(".")
+        step = steps.get(step_name)
+        if step is None:
+            problems.append(
+                FieldViolation(at, f"no step {step_name!r} in version {version.version}")
+            )
+            continue
+        if step.step_type not in (StepType.LLM, StepType.CONDITION):
+            problems.append(FieldViolation(at, f"step {step_name!r} is not an LLM step"))
+            continue
+        kind = OVERRIDABLE.get(prop)
+        if kind is None:
+            problems.append(
+                FieldViolation(at, f"unknown property {prop!r}; one of {', '.join(OVERRIDABLE)}")
+            )
+            continue
+        ok = (
+            isinstance(value, bool)
+            if kind is bool
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind in (int, float)
+            else isinstance(value, str)
+        )
+        if kind is int and ok and float(value) != int(value):
+            ok = False
+        if not ok:
+            problems.append(FieldViolation(at, f"must be {kind.__name__}"))
+        elif prop == "temperature" and not 0 <= value <= 2:
+            problems.append(FieldViolation(at, "must be between 0 and 2"))
+        elif prop == "max_tokens" and not 1 <= value <= 1_000_000:
+            problems.append(FieldViolation(at, "must be between 1 and 1000000"))
+    return problems
+
+
+def check_inputs(
+    body: Mapping[str, Any], version: FlowVersion, field_name: str
+) -> list[FieldViolation]:
+    start = next(s for s in version.graph.steps if s.step_type is StepType.START)
+    declared = start.start.inputs if start.start is not None else ()
+    return [
+        FieldViolation(f"{field_name}.{i.name}", "required input missing")
+        for i in declared
+        if i.required and body.get(i.name) in (None, "")
+    ]
+
+
+class FlowRuns:
+    def __init__(
+        self,
+        engine: Engine,
+        flows: FlowStore,
+        runs: RunStore,
+        hub: Hub,
+        limits: Limits,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._engine = engine
+        self._flows = flows
+        self._runs = runs
+        self._hub = hub
+        self._limits = limits
+        self._clock = clock
+        self._inflight_requests: dict[tuple[str, str, str], str] = {}
+
+    # -- helpers shared with sessions ----------------------------------------------------
+
+    async def flow_and_version(
+        self, org: str, flow_id: str, number: int, flow_field: str, version_field: str
+    ) -> tuple[LiveFlow, FlowVersion]:
+        require_id(flow_field, flow_id, "live flow")
+        flow = await self._flows.get_flow(org, flow_id)
+        if flow is None:
+            raise NotFound("live flow", flow_id)
+        if number < 0:
+            raise InvalidArgument.one(version_field, "must not be negative")
+        if number:
+            version = await self._flows.get_version_number(org, flow_id, number)
+            if version is None:
+                raise NotFound("flow version", f"{flow_id} v{number}")
+            return flow, version
+        if flow.current_version is None:
+            raise FailedPrecondition(
+                "the flow has no version yet: publish one with CreateFlowVersion",
+                kind="FLOW_STATE",
+                subject=f"live_flows/{flow_id}",
+            )
+        return flow, flow.current_version
+
+    def new_run(
+        self,
+        org: str,
+        flow_id: str,
+        session_id: str,
+        version: FlowVersion,
+        body: dict[str, Any],
+        options: RunOptions,
+        request_id: str,
+    ) -> FlowRun:
+        now = self._clock()
+        return FlowRun(
+            id=new_id(),
+            organisation_id=org,
+            flow_id=flow_id,
+            session_id=session_id,
+            flow_version_id=version.id,
+            version=version.version,
+            body=body,
+            override=dict(options.override),
+            status=RunStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            eval_options=dict(options.eval_options),
+            request_id=request_id,
+        )
+
+    def new_session(
+        self,
+        org: str,
+        flow: LiveFlow,
+        version: FlowVersion,
+        inputs: dict[str, Any],
+        spec: NewSession,
+    ) -> Session:
+        now = self._clock()
+        expiration = spec.expiration_seconds or DEFAULT_EXPIRATION
+        return Session(
+            id=new_id(),
+            organisation_id=org,
+            live_flow_id=flow.id,
+            flow_version_id=version.id,
+            version=version.version,
+            name=spec.name,
+            status=SessionStatus.NEW,
+            inputs=inputs,
+            variables=spec.variables,
+            messages=list(spec.messages),
+            customer=spec.customer,
+            expiration_seconds=expiration,
+            expires_at=now + timedelta(seconds=expiration),
+            created_at=now,
+            updated_at=now,
+            request_id=spec.request_id,
+        )
+
+    async def _by_request(self, kind: str, org: str, request_id: str) -> FlowRun | None:
+        run_id = self._inflight_requests.get((kind, org, request_id))
+        if run_id is not None:
+            waited = await self._engine.wait(run_id)
+            if waited is not None:
+                return waited
+        return await self._runs.run_by_request(org, request_id)
+
+    def reserve_request(self, kind: str, org: str, request_id: str, run_id: str) -> None:
+        key = (kind, org, request_id)
+        self._inflight_requests[key] = run_id
+
+    def release_request(self, kind: str, org: str, request_id: str) -> None:
+        self._inflight_requests.pop((kind, org, request_id), None)
+
+    # -- use cases -------------------------------------------------------------------
+
+    async def start(
+        self,
+        org: str,
+        flow_id: str,
+        body: dict[str, Any],
+        request_id: str,
+        options: RunOptions,
+        *,
+        wait_for_commit: bool = False,
+    ) -> Started:
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        if request_id:
+            existing = await self._by_request("run", org, request_id)
+            if existing is not None:
+                session = await self._runs.get_session(org, existing.session_id)
+                assert session is not None
+                return Started(existing, session, 0, existing=True)
+        if options.session_id:
+            require_id("options.session_id", options.session_id, "session")
+        flow, version = await self.flow_and_version(
+            org, flow_id, options.version, "flow_id", "options.version"
+        )
+        problems = check_inputs(body, version, "body") + check_overrides(
+            options.override, version, "options.override"
+        )
+        if problems:
+            raise InvalidArgument(problems)
+
+        if not options.session_id:
+            session = self.new_session(org, flow, version, body, NewSession())
+            state = self._engine.adopt_session(session)
+            run = self.new_run(org, flow.id, session.id, version, body, options, request_id)
+            return await self._launch(state, run, version, True, wait_for_commit)
+
+        async with self._engine.session_state(org, options.session_id) as state:
+            session = state.session
+            if session.live_flow_id != flow.id:
+                raise InvalidArgument.one(
+                    "options.session_id", "the session belongs to another live flow"
+                )
+            await self._engine.expire_if_due(state)
+            if session.status is SessionStatus.EXPIRED:
+                raise FailedPrecondition(
+                    "the session has expired",
+                    kind="SESSION_STATE",
+                    subject=f"sessions/{session.id}",
+                )
+            if session.status is SessionStatus.WAITING_FOR_INPUT:
+                raise FailedPrecondition(
+                    "the session is waiting for input: answer it with SubmitUserInput or cancel it",
+                    kind="SESSION_STATE",
+                    subject=f"sessions/{session.id}",
+                )
+            if options.no_wait and (state.lock.locked() or self._engine.active_run_ids(session.id)):
+                raise Aborted("the session is running another run and options.no_wait is set")
+            if not options.version:
+                _, version = await self.flow_and_version(
+                    org, flow.id, session.version, "flow_id", "options.version"
+                )
+            run = self.new_run(org, flow.id, session.id, version, body, options, request_id)
+            return await self._launch(state, run, version, False, wait_for_commit)
+
+    async def _launch(
+        self,
+        state: Any,
+        run: FlowRun,
+        version: FlowVersion,
+        new_session: bool,
+        wait_for_commit: bool,
+    ) -> Started:
+        after_seq = state.session.last_seq
+        if run.request_id:
+            self.reserve_request("run", run.organisation_id, run.request_id, run.id)
+        committed = await self._engine.start(state, run, version, new_session=new_session)
+        if run.request_id:
+            key = ("run", run.organisation_id, run.request_id)
+            committed.add_done_callback(lambda _: self._inflight_requests.pop(key, None))
+        if wait_for_commit:
+            await committed
+        return Started(run, state.session, after_seq)
+
+    async def finished(self, started: Started) -> FlowRun:
+        """The run once it stops (finished, or waiting for input)."""
+        waited = await self._engine.wait(started.run.id)
+        if waited is not None:
+            return waited
+        run = await self._runs.get_run(started.run.organisation_id, started.run.id)
+        if run is None:
+            raise NotFound("run", started.run.id)
+        return run
+
+    async def run_flow(
+        self, org: str, flow_id: str, body: dict[str, Any], request_id: str, options: RunOptions
+    ) -> FlowRun:
+        started = await self.start(org, flow_id, body, request_id, options)
+        return await self.finished(started)
+
+    async def stream_run_flow(
+        self, org: str, flow_id: str, body: dict[str, Any], request_id: str, options: RunOptions
+    ) -> AsyncIterator[RunEvent]:
+        started = await self.start(org, flow_id, body, request_id, options)
+        async for event in self._follow_run(started.run, started.after_seq):
+            yield event
+
+    def _follow_run(self, run: FlowRun, after_seq: int) -> AsyncIterator[RunEvent]:
+        async def stopped() -> bool:
+            if self._engine.active_run_ids(run.session_id).count(run.id):
+                return False
+            fresh = await self._runs.get_run(run.organisation_id, run.id)
+            return fresh is None or not fresh.status.active
+
+        return follow(
+            self._runs, self._hub, run.session_id, after_seq, run_id=run.id, stopped=stopped
+        )
+
+    async def watch_run(self, org: str, run_id: str, after_seq: int) -> AsyncIterator[RunEvent]:
+        run = await self.get_run(org, run_id, "run_id")
+        if after_seq < 0:
+            raise InvalidArgument.one("after_seq", "must not be negative")
+        async for event in self._follow_run(run, after_seq):
+            yield event
+
+    async def get_run(self, org: str, run_id: str, field_name: str = "id") -> FlowRun:
+        require_id(field_name, run_id, "run")
+        run = await self._runs.get_run(org, run_id)
+        if run is None:
+            raise NotFound("run", run_id)
+        return run
+
+    async def list_runs(
+        self, org: str, flow_id: str, session_id: str, page_size: int, page_token: str
+    ) -> Listed[FlowRun]:
+        page = parse_page(page_size, page_token, self._limits, "runs", org, flow_id, session_id)
+        found = await self._runs.list_runs(org, flow_id, session_id, page)
+        token = ""
+        if len(found) > page.size:
+            found = found[: page.size]
+            token = next_token(
+                Cursor(found[-1].created_at, found[-1].id), "runs", org, flow_id, session_id
+            )
+        return Listed(found, token)
+
+    async def cancel_run(self, org: str, run_id: str) -> FlowRun:
+        run = await self.get_run(org, run_id)
+        if run.status in TERMINAL_RUN:
+            raise FailedPrecondition(
+                f"the run already finished ({run.status.value})",
+                kind="RUN_STATE",
+                subject=f"runs/{run_id}",
+            )
+        async with self._engine.session_state(org, run.session_id) as state:
+            await self._engine.cancel_run(state, run_id)
+        run = await self.get_run(org, run_id)
+        if run.status is not RunStatus.CANCELLED:
+            raise FailedPrecondition(
+                f"the run finished ({run.status.value}) before it could be cancelled",
+                kind="RUN_STATE",
+                subject=f"runs/{run_id}",
+            )
+        return run

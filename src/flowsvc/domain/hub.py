@@ -1,0 +1,74 @@
+"""Live fan-out of committed events to subscribers, with bounded memory per subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Iterable
+
+from flowsvc.domain.runs import RunEvent
+
+
+class Subscription:
+    """A bounded queue: a subscriber that falls `capacity` events behind is cut off."""
+
+    def __init__(self, session_id: str, capacity: int) -> None:
+        self.session_id = session_id
+        self.capacity = capacity
+        self.queue: deque[RunEvent] = deque()
+        self.overflowed = False
+        self.closed: str | None = None
+        self._ready = asyncio.Event()
+
+    def push(self, event: RunEvent) -> None:
+        if self.overflowed or self.closed is not None:
+            return
+        if len(self.queue) >= self.capacity:
+            self.overflowed = True
+            self.queue.clear()  # memory is released at once; the subscriber resumes by seq
+        else:
+            self.queue.append(event)
+        self._ready.set()
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+        self._ready.set()
+
+    async def wait(self) -> None:
+        await self._ready.wait()
+        self._ready.clear()
+
+    def drain(self) -> list[RunEvent]:
+        items = list(self.queue)
+        self.queue.clear()
+        return items
+
+
+class Hub:
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+
+    def subscribe(self, session_id: str) -> Subscription:
+        sub = Subscription(session_id, self.capacity)
+        self._subscribers[session_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.session_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.session_id]
+
+    def subscriber_count(self, session_id: str) -> int:
+        return len(self._subscribers.get(session_id, ()))
+
+    def publish(self, events: Iterable[RunEvent]) -> None:
+        for event in events:
+            for sub in self._subscribers.get(event.session_id, ()):
+                sub.push(event)
+
+    def close_session(self, session_id: str, reason: str) -> None:
+        for sub in list(self._subscribers.get(session_id, ())):
+            sub.close(reason)

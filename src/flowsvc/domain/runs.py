@@ -1,0 +1,220 @@
+"""Records of execution: sessions, their steps, runs and the events they emit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from flowsvc.domain.model import Step
+
+
+class SessionStatus(StrEnum):
+    NEW = "NEW"
+    RUNNING = "RUNNING"
+    WAITING_FOR_INPUT = "WAITING_FOR_INPUT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+
+class StepStatus(StrEnum):
+    NEW = "NEW"
+    RUNNING = "RUNNING"
+    WAITING_FOR_INPUT = "WAITING_FOR_INPUT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+    CANCELLED = "CANCELLED"
+
+
+class RunStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    WAITING_FOR_INPUT = "WAITING_FOR_INPUT"
+    COMPLETE = "COMPLETE"
+    ERROR = "ERROR"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+    @property
+    def stopped(self) -> bool:
+        """The run is not executing: finished, or paused for a person."""
+        return not self.active
+
+
+class EventType(StrEnum):
+    RUN_STARTED = "RUN_STARTED"
+    STEP_STARTED = "STEP_STARTED"
+    STEP_DELTA = "STEP_DELTA"
+    STEP_COMPLETED = "STEP_COMPLETED"
+    STEP_FAILED = "STEP_FAILED"
+    INPUT_REQUIRED = "INPUT_REQUIRED"
+    RUN_COMPLETED = "RUN_COMPLETED"
+    RUN_FAILED = "RUN_FAILED"
+    RUN_CANCELLED = "RUN_CANCELLED"
+
+    @property
+    def ends_run_stream(self) -> bool:
+        return self in _RUN_STREAM_ENDS
+
+
+_RUN_STREAM_ENDS = frozenset(
+    {
+        EventType.INPUT_REQUIRED,
+        EventType.RUN_COMPLETED,
+        EventType.RUN_FAILED,
+        EventType.RUN_CANCELLED,
+    }
+)
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    date: datetime
+    role: str
+    content: str
+
+
+@dataclass(slots=True)
+class Customer:
+    customer_id: str = ""
+    name: str = ""
+    email: str = ""
+    phone_number: str = ""
+
+
+@dataclass(slots=True)
+class Cost:
+    type: str
+    name: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+
+@dataclass(slots=True)
+class SessionStep:
+    id: str
+    session_id: str
+    run_id: str
+    organisation_id: str
+    position: int  # execution order across every run of the session, from 1
+    flow_version_id: str  # the version `step` is defined in
+    step: Step
+    status: StepStatus
+    created_at: datetime
+    updated_at: datetime
+    prompt: str = ""
+    result: str = ""
+    error: str = ""
+    user_input: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    input_request_id: str = ""
+
+    def snapshot(self) -> SessionStep:
+        return SessionStep(**{f: getattr(self, f) for f in self.__slots__})
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    organisation_id: str
+    live_flow_id: str
+    flow_version_id: str
+    version: int
+    name: str
+    status: SessionStatus
+    inputs: dict[str, Any]
+    variables: dict[str, Any]
+    messages: list[Message]
+    customer: Customer | None
+    expiration_seconds: int
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    steps_count: int = 0
+    current_step_id: str = ""
+    error: str = ""
+    cost: float = 0.0
+    costs: list[Cost] = field(default_factory=list)
+    artifact: dict[str, Any] | None = None
+    request_id: str = ""
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class FlowRun:
+    id: str
+    organisation_id: str
+    flow_id: str
+    session_id: str
+    flow_version_id: str
+    version: int
+    body: dict[str, Any]
+    override: dict[str, Any]
+    status: RunStatus
+    created_at: datetime
+    updated_at: datetime
+    user_message: Message | None = None
+    ai_message: Message | None = None
+    response: str = ""
+    error: str = ""
+    eval_job_id: str = ""
+    eval_options: dict[str, Any] = field(default_factory=dict)
+    parent_run_id: str = ""
+    request_id: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    duration_ms: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    # The steps this run took, in order (filled on reads and snapshots).
+    steps: list[SessionStep] = field(default_factory=list)
+
+    def snapshot(self) -> FlowRun:
+        copy = FlowRun(**{f: getattr(self, f) for f in self.__slots__})
+        copy.steps = [s.snapshot() for s in self.steps]
+        return copy
+
+
+@dataclass(slots=True)
+class RunEvent:
+    seq: int  # 0 for live-only STEP_DELTA
+    session_id: str
+    run_id: str
+    organisation_id: str
+    type: EventType
+    time: datetime
+    step: SessionStep | None = None
+    run: FlowRun | None = None
+    delta: str = ""
+    session_step_id: str = ""
+    # Lets the API layer encode a published event once for every subscriber.
+    encoded: Any = None
+
+
+@dataclass(slots=True)
+class Journal:
+    """Everything one engine move changes, committed together in one transaction.
+
+    Records are inserted when new and updated afterwards; an update never recreates a row
+    that was deleted meanwhile.
+    """
+
+    session: Session | None = None
+    session_is_new: bool = False
+    new_runs: list[FlowRun] = field(default_factory=list)
+    runs: list[FlowRun] = field(default_factory=list)
+    new_steps: list[SessionStep] = field(default_factory=list)
+    steps: list[SessionStep] = field(default_factory=list)
+    events: list[RunEvent] = field(default_factory=list)

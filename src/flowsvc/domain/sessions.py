@@ -1,0 +1,195 @@
+"""Sessions: the use cases behind SessionService."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from flowsvc.domain.engine import Engine
+from flowsvc.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from flowsvc.domain.flow_runs import (
+    MAX_EXPIRATION,
+    MIN_EXPIRATION,
+    FlowRuns,
+    NewSession,
+    RunOptions,
+    check_inputs,
+)
+from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
+from flowsvc.domain.hub import Hub
+from flowsvc.domain.ids import require_id
+from flowsvc.domain.limits import Limits
+from flowsvc.domain.model import FlowVersion
+from flowsvc.domain.paging import Cursor, next_token, parse_page
+from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
+from flowsvc.domain.watch import follow
+
+MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
+
+
+@dataclass
+class SessionView:
+    """A session as GetSession shows it: with its steps and version."""
+
+    session: Session
+    steps: list[SessionStep]
+    version: FlowVersion | None
+
+
+class Sessions:
+    def __init__(
+        self,
+        engine: Engine,
+        runs: FlowRuns,
+        flows: FlowStore,
+        store: RunStore,
+        hub: Hub,
+        limits: Limits,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._engine = engine
+        self._flow_runs = runs
+        self._flows = flows
+        self._store = store
+        self._hub = hub
+        self._limits = limits
+        self._clock = clock
+
+    def _check_new(self, spec: NewSession) -> list[FieldViolation]:
+        problems = []
+        if len(spec.name) > self._limits.max_session_name_chars:
+            problems.append(
+                FieldViolation("name", f"at most {self._limits.max_session_name_chars} characters")
+            )
+        if spec.expiration_seconds is not None and not (
+            MIN_EXPIRATION <= spec.expiration_seconds <= MAX_EXPIRATION
+        ):
+            problems.append(
+                FieldViolation(
+                    "expiration_seconds", f"must be between {MIN_EXPIRATION} and {MAX_EXPIRATION}"
+                )
+            )
+        for i, message in enumerate(spec.messages):
+            if message.role not in MESSAGE_ROLES:
+                problems.append(
+                    FieldViolation(f"messages[{i}].role", "one of user, assistant, system")
+                )
+        if len(spec.request_id) > MAX_REQUEST_ID_CHARS:
+            problems.append(
+                FieldViolation("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+            )
+        return problems
+
+    async def create(
+        self,
+        org: str,
+        flow_id: str,
+        inputs: dict[str, Any],
+        version_number: int,
+        spec: NewSession,
+        wait: bool,
+    ) -> SessionView:
+        problems = self._check_new(spec)
+        if problems:
+            raise InvalidArgument(problems)
+        if spec.request_id:
+            existing = await self._store.session_by_request(org, spec.request_id)
+            if existing is not None:
+                if wait:
+                    for run_id in self._engine.active_run_ids(existing.id):
+                        await self._engine.wait(run_id)
+                return await self.get(org, existing.id)
+        flow, version = await self._flow_runs.flow_and_version(
+            org, flow_id, version_number, "live_flow_id", "version"
+        )
+        problems = check_inputs(inputs, version, "inputs")
+        if problems:
+            raise InvalidArgument(problems)
+        session = self._flow_runs.new_session(org, flow, version, inputs, spec)
+        state = self._engine.adopt_session(session)
+        run = self._flow_runs.new_run(org, flow.id, session.id, version, inputs, RunOptions(), "")
+        committed = await self._engine.start(state, run, version, new_session=True)
+        if wait:
+            await self._engine.wait(run.id)
+        else:
+            await committed
+        return await self.get(org, session.id)
+
+    async def get(self, org: str, session_id: str, field_name: str = "id") -> SessionView:
+        require_id(field_name, session_id, "session")
+        session = await self._store.get_session(org, session_id)
+        if session is None:
+            raise NotFound("session", session_id)
+        if session.status is not SessionStatus.EXPIRED and self._clock() >= session.expires_at:
+            async with self._engine.session_state(org, session_id) as state:
+                await self._engine.expire_if_due(state)
+            session = await self._store.get_session(org, session_id)
+            if session is None:
+                raise NotFound("session", session_id)
+        steps = await self._store.session_steps(session_id)
+        versions = await self._flows.load_versions({session.flow_version_id})
+        return SessionView(session, steps, versions.get(session.flow_version_id))
+
+    async def list(
+        self, org: str, flow_id: str, status: str, page_size: int, page_token: str
+    ) -> Listed[Session]:
+        page = parse_page(page_size, page_token, self._limits, "sessions", org, flow_id, status)
+        found = await self._store.list_sessions(org, flow_id, status, page)
+        token = ""
+        if len(found) > page.size:
+            found = found[: page.size]
+            token = next_token(
+                Cursor(found[-1].created_at, found[-1].id), "sessions", org, flow_id, status
+            )
+        return Listed(found, token)
+
+    async def submit_input(
+        self, org: str, session_id: str, answer: str, step_id: str, request_id: str, wait: bool
+    ) -> SessionView:
+        require_id("session_id", session_id, "session")
+        if len(request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        async with self._engine.session_state(org, session_id) as state:
+            run_id = await self._engine.submit_input(state, answer, step_id, request_id)
+        if wait:
+            await self._engine.wait(run_id)
+        return await self.get(org, session_id)
+
+    async def cancel(self, org: str, session_id: str) -> SessionView:
+        require_id("id", session_id, "session")
+        async with self._engine.session_state(org, session_id) as state:
+            if state.session.status is SessionStatus.EXPIRED:
+                raise FailedPrecondition(
+                    "the session has expired",
+                    kind="SESSION_STATE",
+                    subject=f"sessions/{session_id}",
+                )
+            for run_id in self._engine.active_run_ids(session_id):
+                await self._engine.cancel_run(state, run_id)
+            if state.session.status is SessionStatus.WAITING_FOR_INPUT:
+                waiting = await self._engine.waiting_step(state.session)
+                await self._engine.cancel_run(state, waiting.run_id)
+            await self._engine.mark_cancelled(state)
+        return await self.get(org, session_id)
+
+    async def delete(self, org: str, session_id: str) -> None:
+        require_id("id", session_id, "session")
+        async with self._engine.session_state(org, session_id) as state:
+            await self._engine.delete_session(state)
+
+    async def watch(self, org: str, session_id: str, after_seq: int) -> AsyncIterator[RunEvent]:
+        require_id("session_id", session_id, "session")
+        if after_seq < 0:
+            raise InvalidArgument.one("after_seq", "must not be negative")
+        if await self._store.get_session(org, session_id) is None:
+            raise NotFound("session", session_id)
+
+        async def ended() -> bool:
+            session = await self._store.get_session(org, session_id)
+            return session is None or session.status is SessionStatus.EXPIRED
+
+        async for event in follow(self._store, self._hub, session_id, after_seq, stopped=ended):
+            yield event

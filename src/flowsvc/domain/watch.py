@@ -1,0 +1,73 @@
+"""Following a session's events: replay what is committed, then go live, with no gap and
+no duplicate at the seam."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from flowsvc.domain.errors import ResourceExhausted
+from flowsvc.domain.hub import Hub
+from flowsvc.domain.ports import RunStore
+from flowsvc.domain.runs import EventType, RunEvent
+
+REPLAY_BATCH = 500
+
+
+async def follow(
+    store: RunStore,
+    hub: Hub,
+    session_id: str,
+    after_seq: int,
+    *,
+    run_id: str = "",
+    stopped: Callable[[], Awaitable[bool]],
+) -> AsyncIterator[RunEvent]:
+    """Events with seq > after_seq, then live ones. With run_id, only that run's events, and
+    the stream ends when the run stops (finishes or waits for input). `stopped` says whether
+    the run (or, without run_id, the session) has nothing more to send."""
+    # Subscribe before reading the store: an event committed after the read is published
+    # after this point, so it arrives live; one committed before is in the replay.
+    sub = hub.subscribe(session_id)
+    last = after_seq
+    try:
+        while True:
+            batch = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
+            for event in batch:
+                last = event.seq
+                yield event
+                if run_id and event.type.ends_run_stream:
+                    return
+            if len(batch) < REPLAY_BATCH:
+                break
+        if await stopped():
+            # Whatever it sent before stopping is committed: one more read catches events
+            # committed between the replay and the check.
+            for event in await store.events_after(session_id, last, run_id, REPLAY_BATCH):
+                last = event.seq
+                yield event
+            return
+        while True:
+            await sub.wait()
+            if sub.overflowed:
+                raise ResourceExhausted(
+                    f"subscriber fell more than {sub.capacity} events behind; "
+                    f"resume with after_seq={last}",
+                    subject=f"sessions/{session_id}",
+                    limit="subscriber_queue",
+                )
+            for event in sub.drain():
+                if run_id and event.run_id != run_id:
+                    continue
+                if event.type is EventType.STEP_DELTA:
+                    yield event
+                    continue
+                if event.seq <= last:
+                    continue
+                last = event.seq
+                yield event
+                if run_id and event.type.ends_run_stream:
+                    return
+            if sub.closed is not None:
+                return
+    finally:
+        hub.unsubscribe(sub)

@@ -1,0 +1,299 @@
+"""Sessions, runs, steps and events as table rows and back."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flowsvc.domain.model import Step
+from flowsvc.domain.runs import (
+    Cost,
+    Customer,
+    EventType,
+    FlowRun,
+    Message,
+    RunEvent,
+    RunStatus,
+    Session,
+    SessionStatus,
+    SessionStep,
+    StepStatus,
+)
+
+StepLookup = Callable[[str, str], Step]  # (flow_version_id, step_id) -> Step
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def message_json(m: Message) -> dict[str, Any]:
+    return {"id": m.id, "date": m.date.isoformat(), "role": m.role, "content": m.content}
+
+
+def message_from(d: dict[str, Any]) -> Message:
+    return Message(d["id"], datetime.fromisoformat(d["date"]), d["role"], d["content"])
+
+
+def session_row(s: Session) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "organisation_id": s.organisation_id,
+        "live_flow_id": s.live_flow_id,
+        "flow_version_id": s.flow_version_id,
+        "version": s.version,
+        "name": s.name,
+        "status": s.status.value,
+        "inputs": s.inputs,
+        "variables": s.variables,
+        "messages": [message_json(m) for m in s.messages],
+        "customer": None
+        if s.customer is None
+        else {
+            "customer_id": s.customer.customer_id,
+            "name": s.customer.name,
+            "email": s.customer.email,
+            "phone_number": s.customer.phone_number,
+        },
+        "expiration_seconds": s.expiration_seconds,
+        "expires_at": s.expires_at,
+        "steps_count": s.steps_count,
+        "current_step_id": s.current_step_id,
+        "error": s.error,
+        "cost": s.cost,
+        "costs": [
+            {
+                "type": c.type,
+                "name": c.name,
+                "input_tokens": c.input_tokens,
+                "output_tokens": c.output_tokens,
+                "cost": c.cost,
+            }
+            for c in s.costs
+        ],
+        "artifact": s.artifact,
+        "request_id": s.request_id or None,
+        "last_seq": s.last_seq,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }
+
+
+def session_from(r: Any) -> Session:
+    return Session(
+        id=r.id,
+        organisation_id=r.organisation_id,
+        live_flow_id=r.live_flow_id,
+        flow_version_id=r.flow_version_id,
+        version=r.version,
+        name=r.name,
+        status=SessionStatus(r.status),
+        inputs=r.inputs,
+        variables=r.variables,
+        messages=[message_from(m) for m in r.messages],
+        customer=None if r.customer is None else Customer(**r.customer),
+        expiration_seconds=r.expiration_seconds,
+        expires_at=r.expires_at,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        steps_count=r.steps_count,
+        current_step_id=r.current_step_id,
+        error=r.error,
+        cost=r.cost,
+        costs=[Cost(**c) for c in r.costs],
+        artifact=r.artifact,
+        request_id=r.request_id or "",
+        last_seq=r.last_seq,
+    )
+
+
+def step_row(s: SessionStep) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "session_id": s.session_id,
+        "run_id": s.run_id,
+        "organisation_id": s.organisation_id,
+        "position": s.position,
+        "flow_version_id": s.flow_version_id,
+        "step_id": s.step.id,
+        "status": s.status.value,
+        "prompt": s.prompt,
+        "result": s.result,
+        "error": s.error,
+        "user_input": s.user_input,
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "cost": s.cost,
+        "input_request_id": s.input_request_id or None,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }
+
+
+def step_from(r: Any, lookup: StepLookup) -> SessionStep:
+    return SessionStep(
+        id=r.id,
+        session_id=r.session_id,
+        run_id=r.run_id,
+        organisation_id=r.organisation_id,
+        position=r.position,
+        flow_version_id=r.flow_version_id,
+        step=lookup(r.flow_version_id, r.step_id),
+        status=StepStatus(r.status),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        prompt=r.prompt,
+        result=r.result,
+        error=r.error,
+        user_input=r.user_input,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cost=r.cost,
+        input_request_id=r.input_request_id or "",
+    )
+
+
+def run_row(run: FlowRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "organisation_id": run.organisation_id,
+        "flow_id": run.flow_id,
+        "session_id": run.session_id,
+        "flow_version_id": run.flow_version_id,
+        "version": run.version,
+        "body": run.body,
+        "override": run.override,
+        "status": run.status.value,
+        "user_message": None if run.user_message is None else message_json(run.user_message),
+        "ai_message": None if run.ai_message is None else message_json(run.ai_message),
+        "response": run.response,
+        "error": run.error,
+        "eval_job_id": run.eval_job_id,
+        "eval_options": run.eval_options,
+        "parent_run_id": run.parent_run_id,
+        "request_id": run.request_id or None,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "duration_ms": run.duration_ms,
+        "input_tokens": run.input_tokens,
+        "output_tokens": run.output_tokens,
+        "cost": run.cost,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+    }
+
+
+def run_from(r: Any) -> FlowRun:
+    return FlowRun(
+        id=r.id,
+        organisation_id=r.organisation_id,
+        flow_id=r.flow_id,
+        session_id=r.session_id,
+        flow_version_id=r.flow_version_id,
+        version=r.version,
+        body=r.body,
+        override=r.override,
+        status=RunStatus(r.status),
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+        user_message=None if r.user_message is None else message_from(r.user_message),
+        ai_message=None if r.ai_message is None else message_from(r.ai_message),
+        response=r.response,
+        error=r.error,
+        eval_job_id=r.eval_job_id,
+        eval_options=r.eval_options,
+        parent_run_id=r.parent_run_id,
+        request_id=r.request_id or "",
+        start_time=r.start_time,
+        end_time=r.end_time,
+        duration_ms=r.duration_ms,
+        input_tokens=r.input_tokens,
+        output_tokens=r.output_tokens,
+        cost=r.cost,
+    )
+
+
+class _Attrs:
+    """Lets a JSON dict stand where a row is read by attribute."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.__dict__.update(data)
+
+
+def _step_payload(s: SessionStep) -> dict[str, Any]:
+    row = step_row(s)
+    row["created_at"] = _iso(s.created_at)
+    row["updated_at"] = _iso(s.updated_at)
+    return row
+
+
+def _step_from_payload(d: dict[str, Any], lookup: StepLookup) -> SessionStep:
+    data = dict(d)
+    data["created_at"] = _when(d["created_at"])
+    data["updated_at"] = _when(d["updated_at"])
+    return step_from(_Attrs(data), lookup)
+
+
+def _run_payload(run: FlowRun) -> dict[str, Any]:
+    row = run_row(run)
+    for key in ("start_time", "end_time", "created_at", "updated_at"):
+        row[key] = _iso(row[key])
+    row["steps"] = [_step_payload(s) for s in run.steps]
+    return row
+
+
+def _run_from_payload(d: dict[str, Any], lookup: StepLookup) -> FlowRun:
+    data = dict(d)
+    for key in ("start_time", "end_time", "created_at", "updated_at"):
+        data[key] = _when(d[key])
+    run = run_from(_Attrs(data))
+    run.steps = [_step_from_payload(s, lookup) for s in d["steps"]]
+    return run
+
+
+def event_row(e: RunEvent) -> dict[str, Any]:
+    payload: dict[str, Any] = {}
+    if e.step is not None:
+        payload["step"] = _step_payload(e.step)
+    if e.run is not None:
+        payload["run"] = _run_payload(e.run)
+    return {
+        "session_id": e.session_id,
+        "seq": e.seq,
+        "run_id": e.run_id,
+        "organisation_id": e.organisation_id,
+        "type": e.type.value,
+        "time": e.time,
+        "payload": payload,
+    }
+
+
+def event_from(r: Any, lookup: StepLookup) -> RunEvent:
+    payload = r.payload
+    step = payload.get("step")
+    run = payload.get("run")
+    return RunEvent(
+        seq=r.seq,
+        session_id=r.session_id,
+        run_id=r.run_id,
+        organisation_id=r.organisation_id,
+        type=EventType(r.type),
+        time=r.time,
+        step=None if step is None else _step_from_payload(step, lookup),
+        run=None if run is None else _run_from_payload(run, lookup),
+        session_step_id="" if step is None else step["id"],
+    )
+
+
+def version_ids_in(payload: dict[str, Any]) -> set[str]:
+    ids = set()
+    if "step" in payload:
+        ids.add(payload["step"]["flow_version_id"])
+    if "run" in payload:
+        ids.update(s["flow_version_id"] for s in payload["run"]["steps"])
+    return ids

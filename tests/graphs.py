@@ -60,3 +60,55 @@ def create_request(
 
 def from_json(path: Any, message: Any) -> Any:
     return json_format.Parse(open(path).read(), message)
+
+
+def struct(**values: Any) -> Any:
+    from google.protobuf import struct_pb2
+
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s
+
+
+def with_input() -> tuple[list[pb.Step], list[pb.StepTransition]]:
+    """START -> ask (INPUT) -> answer (LLM) -> END."""
+    return linear(
+        step(
+            "start",
+            "START",
+            start=pb.StartConfig(inputs=[pb.FlowInput(name="topic", required=True)]),
+        ),
+        step("ask", "INPUT", "What do you want to know about ${inputs.topic}?"),
+        step("answer", "LLM", "Answer about ${inputs.topic}: ${ask.user_input}"),
+        step("end", "END", "${answer.result}"),
+    )
+
+
+def router(kind: str = "CONDITION") -> tuple[list[pb.Step], list[pb.StepTransition]]:
+    """Routes on ${inputs.choice}: 'yes' -> yes_end, 'no' -> no_end, anything else -> other_end."""
+    return (
+        [
+            step("start", "START"),
+            step("decide", kind, "${inputs.choice}"),
+            step("yes_end", "END", "took yes"),
+            step("no_end", "END", "took no"),
+            step("other_end", "END", "took default"),
+        ],
+        [
+            edge("start", "decide"),
+            edge("decide", "yes_end", "yes"),
+            edge("decide", "no_end", "no"),
+            edge("decide", "other_end"),
+        ],
+    )
+
+
+def long_chain(n: int) -> tuple[list[pb.Step], list[pb.StepTransition]]:
+    steps = [step("start", "START")]
+    prev = "start"
+    for i in range(n):
+        text = "${%s.result}." % prev if i else "go"
+        steps.append(step(f"s{i}", "LLM", text))
+        prev = f"s{i}"
+    steps.append(step("end", "END", "${%s.result}" % prev))
+    return linear(*steps)

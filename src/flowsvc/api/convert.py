@@ -333,7 +333,10 @@ def run_to_pb(r: runs.FlowRun) -> pb.FlowRun:
         override=dict_to_struct(r.override),
         status=_RUN_STATUS[r.status],  # type: ignore[arg-type]
         user_message=message_to_pb(r.user_message),
-        ai_message=message_to_pb(r.ai_message, r.steps),
+        ai_message=message_to_pb(
+            r.ai_message or (runs.Message("", r.updated_at, "assistant", "") if r.steps else None),
+            r.steps,
+        ),
         response=r.response,
         error=r.error,
         eval_job_id=r.eval_job_id,

@@ -537,6 +537,10 @@ class Engine:
         run.updated_at = now
         start = run.start_time or run.created_at
         run.duration_ms = int((now - start) / timedelta(milliseconds=1))
+        if run.user_message is None:
+            run.user_message = Message(new_id(), run.created_at, "user", body_text(run.body))
+        if run.ai_message is None:
+            run.ai_message = Message(new_id(), now, "assistant", "")
         state.session.updated_at = now
         return now
 
@@ -547,10 +551,10 @@ class Engine:
         current.updated_at = self._clock()
         ctx.results[current.step.name] = response
         self._add_usage(ctx, current)
-        now = self._finish(ctx.state, ctx.run, RunStatus.COMPLETE)
+        self._finish(ctx.state, ctx.run, RunStatus.COMPLETE)
         run.response = response
-        run.user_message = Message(new_id(), run.created_at, "user", body_text(run.body))
-        run.ai_message = Message(new_id(), now, "assistant", response)
+        assert run.user_message is not None and run.ai_message is not None
+        run.ai_message.content = response
         session.messages.extend([run.user_message, run.ai_message])
         session.status = SessionStatus.COMPLETED
         session.artifact = {"response": response, "steps": dict(ctx.results)}

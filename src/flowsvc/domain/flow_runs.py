@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from flowsvc.domain.errors import (
 )
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
 from flowsvc.domain.hub import Hub
+from flowsvc.domain.idempotency import RequestClaims
 from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, LiveFlow, StepType
@@ -70,6 +72,7 @@ class Started:
     # The session's last seq before this run: its events come after it.
     after_seq: int
     existing: bool = False
+    committed: asyncio.Future[None] | None = None
 
 
 def check_overrides(
@@ -141,7 +144,7 @@ class FlowRuns:
         self._hub = hub
         self._limits = limits
         self._clock = clock
-        self._inflight_requests: dict[tuple[str, str, str], str] = {}
+        self.claims = RequestClaims()
 
     # -- helpers shared with sessions ----------------------------------------------------
 
@@ -223,21 +226,6 @@ class FlowRuns:
             request_id=spec.request_id,
         )
 
-    async def _by_request(self, kind: str, org: str, request_id: str) -> FlowRun | None:
-        run_id = self._inflight_requests.get((kind, org, request_id))
-        if run_id is not None:
-            waited = await self._engine.wait(run_id)
-            if waited is not None:
-                return waited
-        return await self._runs.run_by_request(org, request_id)
-
-    def reserve_request(self, kind: str, org: str, request_id: str, run_id: str) -> None:
-        key = (kind, org, request_id)
-        self._inflight_requests[key] = run_id
-
-    def release_request(self, kind: str, org: str, request_id: str) -> None:
-        self._inflight_requests.pop((kind, org, request_id), None)
-
     # -- use cases -------------------------------------------------------------------
 
     async def start(
@@ -252,12 +240,40 @@ class FlowRuns:
     ) -> Started:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        claim = None
         if request_id:
-            existing = await self._by_request("run", org, request_id)
-            if existing is not None:
+
+            async def lookup() -> str | None:
+                found = await self._runs.run_by_request(org, request_id)
+                return None if found is None else found.id
+
+            existing_id, claim = await self.claims.claim(("run", org, request_id), lookup)
+            if existing_id is not None:
+                existing = await self.finished_by_id(org, existing_id)
                 session = await self._runs.get_session(org, existing.session_id)
-                assert session is not None
+                if session is None:
+                    raise NotFound("session", existing.session_id)
                 return Started(existing, session, 0, existing=True)
+        try:
+            started = await self._start(org, flow_id, body, request_id, options, wait_for_commit)
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        if claim is not None:
+            assert started.committed is not None
+            claim.resolve(started.run.id, started.committed)
+        return started
+
+    async def _start(
+        self,
+        org: str,
+        flow_id: str,
+        body: dict[str, Any],
+        request_id: str,
+        options: RunOptions,
+        wait_for_commit: bool,
+    ) -> Started:
         if options.session_id:
             require_id("options.session_id", options.session_id, "session")
         flow, version = await self.flow_and_version(
@@ -312,24 +328,22 @@ class FlowRuns:
         wait_for_commit: bool,
     ) -> Started:
         after_seq = state.session.last_seq
-        if run.request_id:
-            self.reserve_request("run", run.organisation_id, run.request_id, run.id)
         committed = await self._engine.start(state, run, version, new_session=new_session)
-        if run.request_id:
-            key = ("run", run.organisation_id, run.request_id)
-            committed.add_done_callback(lambda _: self._inflight_requests.pop(key, None))
         if wait_for_commit:
             await committed
-        return Started(run, state.session, after_seq)
+        return Started(run, state.session, after_seq, committed=committed)
 
     async def finished(self, started: Started) -> FlowRun:
         """The run once it stops (finished, or waiting for input)."""
-        waited = await self._engine.wait(started.run.id)
+        return await self.finished_by_id(started.run.organisation_id, started.run.id)
+
+    async def finished_by_id(self, org: str, run_id: str) -> FlowRun:
+        waited = await self._engine.wait(run_id)
         if waited is not None:
             return waited
-        run = await self._runs.get_run(started.run.organisation_id, started.run.id)
+        run = await self._runs.get_run(org, run_id)
         if run is None:
-            raise NotFound("run", started.run.id)
+            raise NotFound("run", run_id)
         return run
 
     async def run_flow(

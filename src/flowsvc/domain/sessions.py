@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,13 +96,40 @@ class Sessions:
         problems = self._check_new(spec)
         if problems:
             raise InvalidArgument(problems)
+        claim = None
         if spec.request_id:
-            existing = await self._store.session_by_request(org, spec.request_id)
-            if existing is not None:
+
+            async def lookup() -> str | None:
+                found = await self._store.session_by_request(org, spec.request_id)
+                return None if found is None else found.id
+
+            existing_id, claim = await self._flow_runs.claims.claim(
+                ("session", org, spec.request_id), lookup
+            )
+            if existing_id is not None:
                 if wait:
-                    for run_id in self._engine.active_run_ids(existing.id):
+                    for run_id in self._engine.active_run_ids(existing_id):
                         await self._engine.wait(run_id)
-                return await self.get(org, existing.id)
+                return await self.get(org, existing_id)
+        try:
+            session_id, run_id, committed = await self._create(
+                org, flow_id, inputs, version_number, spec
+            )
+        except BaseException:
+            if claim is not None:
+                claim.release()
+            raise
+        if claim is not None:
+            claim.resolve(session_id, committed)
+        if wait:
+            await self._engine.wait(run_id)
+        else:
+            await committed
+        return await self.get(org, session_id)
+
+    async def _create(
+        self, org: str, flow_id: str, inputs: dict[str, Any], version_number: int, spec: NewSession
+    ) -> tuple[str, str, asyncio.Future[None]]:
         flow, version = await self._flow_runs.flow_and_version(
             org, flow_id, version_number, "live_flow_id", "version"
         )
@@ -112,11 +140,7 @@ class Sessions:
         state = self._engine.adopt_session(session)
         run = self._flow_runs.new_run(org, flow.id, session.id, version, inputs, RunOptions(), "")
         committed = await self._engine.start(state, run, version, new_session=True)
-        if wait:
-            await self._engine.wait(run.id)
-        else:
-            await committed
-        return await self.get(org, session.id)
+        return session.id, run.id, committed
 
     async def get(self, org: str, session_id: str, field_name: str = "id") -> SessionView:
         require_id(field_name, session_id, "session")

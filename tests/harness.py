@@ -157,8 +157,12 @@ class Client:
         self.channel.close()
 
 
-def connect(address: str, metadata: list[tuple[str, str]] | None = None) -> Client:
-    channel = grpc.insecure_channel(address)
+def connect(
+    address: str,
+    metadata: list[tuple[str, str]] | None = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> Client:
+    channel = grpc.insecure_channel(address, options=options or [])
     if metadata:
         channel = grpc.intercept_channel(channel, _Metadata(metadata))
     return Client(

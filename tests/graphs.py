@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from google.protobuf import json_format
+
 from flowsvc.v1 import live_flow_service_pb2 as svc
 from flowsvc.v1 import resources_pb2 as pb
-from google.protobuf import json_format
 
 TYPES = {
     "START": pb.STEP_TYPE_START,
@@ -107,8 +108,8 @@ def long_chain(n: int) -> tuple[list[pb.Step], list[pb.StepTransition]]:
     steps = [step("start", "START")]
     prev = "start"
     for i in range(n):
-        text = "${%s.result}." % prev if i else "go"
+        text = "${" + prev + ".result}." if i else "go"
         steps.append(step(f"s{i}", "LLM", text))
         prev = f"s{i}"
-    steps.append(step("end", "END", "${%s.result}" % prev))
+    steps.append(step("end", "END", "${" + prev + ".result}"))
     return linear(*steps)

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
+from flowsvc.api.server import FlowServer, create_server
+from flowsvc.config import Settings
 from flowsvc.v1 import (
     eval_service_pb2_grpc,
     flow_run_service_pb2_grpc,
     live_flow_service_pb2_grpc,
     session_service_pb2_grpc,
 )
-
-from flowsvc.api.server import FlowServer, create_server
-from flowsvc.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,9 +4,9 @@ pointing at the field to blame."""
 from __future__ import annotations
 
 import pytest
+
 from flowsvc.v1 import live_flow_service_pb2 as svc
 from flowsvc.v1 import resources_pb2 as pb
-
 from tests.errors import invalid
 from tests.graphs import create_request, edge, linear, step
 from tests.harness import Client

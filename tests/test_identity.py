@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import grpc
-from flowsvc.v1 import live_flow_service_pb2 as svc
-from flowsvc.v1 import resources_pb2 as pb
 from google.protobuf import field_mask_pb2
 
+from flowsvc.v1 import live_flow_service_pb2 as svc
+from flowsvc.v1 import resources_pb2 as pb
 from tests.conftest import Deployment
 from tests.errors import rpc_error
 from tests.graphs import chain5, create_request

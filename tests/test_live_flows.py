@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from flowsvc.v1 import live_flow_service_pb2 as svc
-from flowsvc.v1 import resources_pb2 as pb
 from google.protobuf import field_mask_pb2
 
+from flowsvc.v1 import live_flow_service_pb2 as svc
+from flowsvc.v1 import resources_pb2 as pb
 from tests.errors import invalid, rpc_error
 from tests.graphs import chain5, create_request, from_json, linear, step
 from tests.harness import Client

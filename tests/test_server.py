@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import grpc
-from flowsvc.v1 import live_flow_service_pb2 as svc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowsvc.api.server import SERVICE_NAMES
+from flowsvc.v1 import live_flow_service_pb2 as svc
 from tests.conftest import Deployment
 from tests.graphs import create_request
 from tests.harness import ChildServer, bearer, connect, iter_lines, mint_key, sqlite_url

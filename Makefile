@@ -27,7 +27,7 @@ test: install $(BUF)
 	PATH="$(CURDIR)/.tools/node_modules/.bin:$$PATH" $(PY) -m pytest
 
 bench: install
-	$(PY) -m flowsvc.bench
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 proto: install
 	rm -f generated/flowsvc/v1/*_pb2*.py generated/flowsvc/v1/*_pb2*.pyi

@@ -15,9 +15,9 @@ from flowsvc.v1 import session_service_pb2 as ss
 from tests.graphs import create_request, long_chain
 from tests.harness import ChildServer, bearer, connect, mint_key, sqlite_url, wait_until
 
-CHAIN = 300
-SESSIONS = 32
-KILL_AFTER_ACKS = 8
+CHAIN = 450
+SESSIONS = 64
+KILL_AFTER_ACKS = 4
 
 
 def _events(client, session_id: str, until_seq: int) -> list[pb.RunEvent]:  # type: ignore[no-untyped-def]

@@ -45,6 +45,8 @@ from flowsvc.domain.templates import MissingValue, RenderContext, render
 
 log = logging.getLogger("flowsvc.engine")
 
+# Moves of instant steps are committed together; this bounds one journal.
+MAX_BUFFERED_EVENTS = 64
 TERMINAL_RUN = frozenset({RunStatus.COMPLETE, RunStatus.ERROR, RunStatus.CANCELLED})
 
 
@@ -74,6 +76,17 @@ class _RunContext:
     user_inputs: dict[str, str] = field(default_factory=dict)
     pending: list[asyncio.Future[None]] = field(default_factory=list)
     current: SessionStep | None = None
+    # Moves not yet handed to the store: they go as one journal at the next flush.
+    new_session: bool = False
+    new_run: bool = False
+    buffered_new_steps: dict[str, SessionStep] = field(default_factory=dict)
+    buffered_steps: dict[str, SessionStep] = field(default_factory=dict)
+    buffered_events: list[RunEvent] = field(default_factory=list)
+    dirty: bool = False
+    # Set by a flush: the run lets other tasks in before its next step.
+    yield_due: bool = False
+    # Resolves once the run's first state (and a new session) is committed.
+    first_commit: asyncio.Future[None] | None = None
 
 
 def body_text(body: dict[str, Any]) -> str:
@@ -204,40 +217,69 @@ class Engine:
         new_steps: tuple[SessionStep, ...] = (),
         steps: tuple[SessionStep, ...] = (),
     ) -> None:
-        ctx.pending.append(
-            self._record(
-                Journal(
-                    session=ctx.state.session,
-                    runs=[ctx.run],
-                    new_steps=list(new_steps),
-                    steps=list(steps),
-                    events=events,
-                )
-            )
+        """Buffer a move; records are encoded when the buffer is flushed, so a record changed
+        by several moves in a row is written once, in its latest state."""
+        for s in new_steps:
+            ctx.buffered_new_steps[s.id] = s
+        for s in steps:
+            if s.id not in ctx.buffered_new_steps:
+                ctx.buffered_steps[s.id] = s
+        ctx.buffered_events.extend(events)
+        ctx.dirty = True
+        if len(ctx.buffered_events) >= MAX_BUFFERED_EVENTS:
+            self._flush(ctx)  # a long run of instant steps still commits as it goes
+
+    def _flush(self, ctx: _RunContext) -> None:
+        if not ctx.dirty:
+            return
+        journal = Journal(
+            session=ctx.state.session,
+            session_is_new=ctx.new_session,
+            new_runs=[ctx.run] if ctx.new_run else [],
+            runs=[] if ctx.new_run else [ctx.run],
+            new_steps=list(ctx.buffered_new_steps.values()),
+            steps=list(ctx.buffered_steps.values()),
+            events=ctx.buffered_events,
         )
+        ctx.new_session = ctx.new_run = False
+        ctx.buffered_new_steps, ctx.buffered_steps, ctx.buffered_events = {}, {}, []
+        ctx.dirty = False
+        ctx.yield_due = True
+        future = self._record(journal)
+        ctx.pending.append(future)
+        first = ctx.first_commit
+        if first is not None and not first.done():
+            future.add_done_callback(lambda f: _chain(f, first))
 
     async def _settle(self, ctx: _RunContext) -> None:
+        self._flush(ctx)
         pending, ctx.pending = ctx.pending, []
         if pending:
             await asyncio.gather(*pending)
 
     # -- starting runs -----------------------------------------------------------------
 
-    async def start(
+    def start(
         self, state: _SessionState, run: FlowRun, version: FlowVersion, *, new_session: bool
     ) -> asyncio.Future[None]:
-        """Journal the queued run (and new session), then launch it. The returned future
-        resolves when that first journal is committed."""
+        """Launch a queued run (on a new session or an existing one). Its rows are written
+        with its first moves; the returned future resolves once they are committed."""
         state.session.updated_at = self._clock()
-        committed = self._record(
-            Journal(session=state.session, session_is_new=new_session, new_runs=[run])
-        )
-        self._launch(state, run, version)
-        return committed
+        ctx = self._context(state, run, version)
+        ctx.new_session = new_session
+        ctx.new_run = True
+        ctx.dirty = True
+        ctx.first_commit = asyncio.get_running_loop().create_future()
+        self._launch(ctx)
+        return ctx.first_commit
 
-    def _launch(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> None:
+    def _context(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> _RunContext:
+        return _RunContext(state, run, version, self._graph(version))
+
+    def _launch(self, ctx: _RunContext) -> None:
+        state, run = ctx.state, ctx.run
         state.users += 1
-        task = asyncio.create_task(self._drive(state, run, version), name=f"run-{run.id}")
+        task = asyncio.create_task(self._drive(ctx), name=f"run-{run.id}")
         self._tasks[run.id] = task
         self._task_runs[run.id] = run
 
@@ -247,6 +289,10 @@ class Engine:
                 self._task_runs.pop(run.id, None)
             self._cancel_requested.discard(run.id)
             self._release(state)
+            first = ctx.first_commit
+            if first is not None and not first.done():
+                first.set_exception(RuntimeError("the run stopped before its first commit"))
+                first.exception()
             if not t.cancelled() and t.exception() is not None:
                 log.error("run task failed", exc_info=t.exception(), extra={"run_id": run.id})
 
@@ -280,7 +326,7 @@ class Engine:
                 if session is None:
                     continue
                 state = self.adopt_session(session)
-            self._launch(state, run, version)
+            self._launch(self._context(state, run, version))
         return len(unfinished)
 
     async def stop(self) -> None:
@@ -294,40 +340,39 @@ class Engine:
 
     # -- driving a run -----------------------------------------------------------------
 
-    async def _drive(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> None:
-        ctx: _RunContext | None = None
+    async def _drive(self, ctx: _RunContext) -> None:
+        state, run = ctx.state, ctx.run
         try:
             await state.lock.acquire()
         except asyncio.CancelledError:
             if self._stopping or run.id not in self._cancel_requested:
                 raise
-            await self._cancel_without_lock(state, run, version)
+            await self._record_cancel(ctx, touch_session=False)
             return
         try:
             if state.deleted:
                 return
-            ctx = await self._context(state, run, version)
+            await self._load_progress(ctx)
             await self._walk(ctx)
             await self._settle(ctx)
         except asyncio.CancelledError:
-            if self._stopping or run.id not in self._cancel_requested or ctx is None:
+            if self._stopping or run.id not in self._cancel_requested:
                 raise
             await self._record_cancel(ctx)
         finally:
             state.lock.release()
 
-    async def _context(
-        self, state: _SessionState, run: FlowRun, version: FlowVersion
-    ) -> _RunContext:
-        ctx = _RunContext(state, run, version, self._graph(version))
-        if run.status is not RunStatus.QUEUED:
-            run.steps = await self._runs.run_steps(run.id)
-            for s in run.steps:
-                if s.status is StepStatus.COMPLETED:
-                    ctx.results[s.step.name] = s.result
-                    if s.step.step_type is StepType.INPUT:
-                        ctx.user_inputs[s.step.name] = s.user_input
-        return ctx
+    async def _load_progress(self, ctx: _RunContext) -> None:
+        """A run that went on before (resumed, or answered) picks up its committed steps."""
+        run = ctx.run
+        if run.status is RunStatus.QUEUED or ctx.new_run:
+            return
+        run.steps = await self._runs.run_steps(run.id)
+        for s in run.steps:
+            if s.status is StepStatus.COMPLETED:
+                ctx.results[s.step.name] = s.result
+                if s.step.step_type is StepType.INPUT:
+                    ctx.user_inputs[s.step.name] = s.user_input
 
     def _next(self, ctx: _RunContext) -> tuple[Step | None, SessionStep | None]:
         """Where the run goes on: a step to begin, or a started step to redo."""
@@ -355,6 +400,9 @@ class Engine:
             self._fail_run(ctx, ctx.run.steps[-1], str(exc))
             return
         while True:
+            if ctx.yield_due:
+                ctx.yield_due = False
+                await asyncio.sleep(0)  # instant steps never wait: share the loop fairly
             if current is None:
                 assert step_def is not None
                 if len(run.steps) >= self._step_limit:
@@ -473,6 +521,8 @@ class Engine:
             temperature=config.temperature,
             max_tokens=config.max_tokens,
         )
+        if not provider.instant:
+            self._flush(ctx)  # STEP_STARTED is committed and visible while the model works
         parts: list[str] = []
         try:
             async for chunk in provider.stream(request):
@@ -499,6 +549,7 @@ class Engine:
             delta=text,
             session_step_id=current.id,
         )
+        self._flush(ctx)
         if not ctx.pending:
             self._hub.publish([delta])
             return
@@ -646,7 +697,7 @@ class Engine:
                     events=[self._event(state, run, EventType.STEP_COMPLETED, step=waiting)],
                 )
             )
-        self._launch(state, run, version)
+        self._launch(self._context(state, run, version))
         return run.id
 
     async def _waiting_step(self, session: Session) -> SessionStep:
@@ -671,15 +722,9 @@ class Engine:
             if run.status in TERMINAL_RUN:
                 return
             version = (await self._flows.load_versions({run.flow_version_id}))[run.flow_version_id]
-            ctx = _RunContext(state, run, version, self._graph(version))
+            ctx = self._context(state, run, version)
             ctx.current = run.steps[-1] if run.steps else None
             await self._record_cancel(ctx)
-
-    async def _cancel_without_lock(
-        self, state: _SessionState, run: FlowRun, version: FlowVersion
-    ) -> None:
-        ctx = _RunContext(state, run, version, self._graph(version))
-        await self._record_cancel(ctx, touch_session=False)
 
     async def _record_cancel(self, ctx: _RunContext, *, touch_session: bool = True) -> None:
         run = ctx.run
@@ -754,3 +799,14 @@ class Engine:
             state.deleted = True
             await self._runs.delete_session(state.session.organisation_id, state.session.id)
         self._hub.close_session(state.session.id, "session deleted")
+
+
+def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(None)

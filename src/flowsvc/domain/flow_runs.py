@@ -328,7 +328,7 @@ class FlowRuns:
         wait_for_commit: bool,
     ) -> Started:
         after_seq = state.session.last_seq
-        committed = await self._engine.start(state, run, version, new_session=new_session)
+        committed = self._engine.start(state, run, version, new_session=new_session)
         if wait_for_commit:
             await committed
         return Started(run, state.session, after_seq, committed=committed)

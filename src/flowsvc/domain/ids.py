@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from datetime import UTC, datetime
@@ -11,8 +12,17 @@ from flowsvc.domain.errors import InvalidArgument, NotFound
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+_random = bytearray()
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID; entropy is read from the OS in blocks, not per id."""
+    global _random
+    if len(_random) < 16:
+        _random = bytearray(os.urandom(4096))
+    raw = _random[:16]
+    del _random[:16]
+    return str(uuid.UUID(bytes=bytes(raw), version=4))
 
 
 def now() -> datetime:

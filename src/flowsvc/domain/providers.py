@@ -36,11 +36,17 @@ class ModelError(Exception):
 
 
 class ModelProvider(Protocol):
+    # True when answers come without waiting on anything outside the process: the engine
+    # then keeps the step's moves in one journal instead of committing before the call.
+    instant: bool
+
     def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]: ...
 
 
 class EchoProvider:
     """`builtin/echo`: answers at once, deterministically, with the rendered prompt."""
+
+    instant = True
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         yield ModelChunk(text=request.prompt, input_tokens=0, output_tokens=0)

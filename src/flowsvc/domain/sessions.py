@@ -139,7 +139,7 @@ class Sessions:
         session = self._flow_runs.new_session(org, flow, version, inputs, spec)
         state = self._engine.adopt_session(session)
         run = self._flow_runs.new_run(org, flow.id, session.id, version, inputs, RunOptions(), "")
-        committed = await self._engine.start(state, run, version, new_session=True)
+        committed = self._engine.start(state, run, version, new_session=True)
         return session.id, run.id, committed
 
     async def get(self, org: str, session_id: str, field_name: str = "id") -> SessionView:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(engine: AsyncEngine, synchronous: str, immediate: bool) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: bool) -> None:
+    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(target, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours to emit.
         dbapi_connection.isolation_level = None
@@ -29,7 +32,7 @@ def _sqlite_pragmas(engine: AsyncEngine, synchronous: str, immediate: bool) -> N
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(target, "begin")
     def on_begin(conn: Connection) -> None:
         # Writers take the write lock up front, so a second process waits its turn
         # instead of failing when a deferred transaction tries to upgrade.
@@ -54,13 +57,22 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.writer = create_async_engine(url, pool_size=1, max_overflow=0)
-            self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            # A fixed pool: opening a connection costs a thread and a file open, so callers
+            # queue for one rather than open extras under load.
+            self.reader = create_async_engine(url, pool_size=8, max_overflow=0)
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
             _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)
         else:
             self.writer = create_async_engine(url, pool_size=4, pool_pre_ping=True)
             self.reader = self.writer
         self._write_lock = asyncio.Lock()
+        # Batches of the hot path are committed by one thread on one blocking connection:
+        # a whole transaction is then a single hop from the event loop, not one per statement.
+        sync_url = parsed.set(drivername=parsed.get_backend_name())
+        self.batch_writer: Engine = create_engine(sync_url, pool_size=1, max_overflow=0)
+        if self.is_sqlite:
+            _sqlite_pragmas(self.batch_writer, sqlite_synchronous, immediate=True)
+        self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsvc-writer")
 
     async def migrate(self) -> None:
         async with self._write_lock, self.writer.begin() as conn:
@@ -76,7 +88,18 @@ class Database:
         async with self.reader.connect() as conn:
             yield conn
 
+    async def write_batch(self, work: Callable[[Connection], None]) -> None:
+        """Run `work` in one transaction on the batch writer's thread."""
+
+        def run() -> None:
+            with self.batch_writer.begin() as conn:
+                work(conn)
+
+        await asyncio.get_running_loop().run_in_executor(self._batch_thread, run)
+
     async def close(self) -> None:
+        self._batch_thread.shutdown(wait=True)
+        self.batch_writer.dispose()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()

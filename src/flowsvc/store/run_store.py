@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, tuple_, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
@@ -85,9 +86,44 @@ class _Rows:
 
 
 _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
-_UPDATE = {
-    name: update(table).where(table.c.id == bindparam("row_id")) for name, table in _TABLES.items()
-}
+
+
+class _Statement:
+    """A statement compiled once for the batch writer's dialect, with the bind processors of
+    its columns, so a batch goes to the driver's executemany as plain tuples."""
+
+    def __init__(self, statement: Any, dialect: Any, columns: dict[str, Any]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        names = list(compiled.positiontup or compiled.bind_names.values())
+        self.plan = []
+        for name in names:
+            key = name.removeprefix("v_")
+            column = columns[key]
+            self.plan.append((key, column.type.dialect_impl(dialect).bind_processor(dialect)))
+
+    def params(self, rows: Any) -> list[tuple[Any, ...]]:
+        plan = self.plan
+        return [tuple(p(row[k]) if p else row[k] for k, p in plan) for row in rows]
+
+
+def _statements(dialect: Any) -> tuple[dict[str, _Statement], dict[str, _Statement]]:
+    inserts: dict[str, _Statement] = {}
+    updates: dict[str, _Statement] = {}
+    for name, table in {**_TABLES, "events": events}.items():
+        columns = {c.name: c for c in table.c}
+        inserts[name] = _Statement(
+            table.insert().values({c: bindparam(f"v_{c}") for c in columns}), dialect, columns
+        )
+        if name != "events":
+            updates[name] = _Statement(
+                update(table)
+                .where(table.c.id == bindparam("v_id"))
+                .values({c: bindparam(f"v_{c}") for c in columns if c != "id"}),
+                dialect,
+                columns,
+            )
+    return inserts, updates
 
 
 def _merge(
@@ -126,6 +162,7 @@ class SqlRunStore:
         self._pending: list[tuple[_Rows, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._insert_sql, self._update_sql = _statements(db.batch_writer.dialect)
         self.commits = 0  # group commits done; read by benchmarks
 
     # -- writing -----------------------------------------------------------------------
@@ -174,18 +211,21 @@ class SqlRunStore:
 
     async def _commit(self, batch: Sequence[_Rows]) -> None:
         inserts, updates, new_events = _merge(batch)
-        async with self.db.write() as conn:
+
+        def write(conn: Connection) -> None:
             for name in ("sessions", "runs", "steps"):
                 if inserts[name]:
-                    await conn.execute(_TABLES[name].insert(), list(inserts[name].values()))
+                    statement = self._insert_sql[name]
+                    conn.exec_driver_sql(statement.sql, statement.params(inserts[name].values()))
             if new_events:
-                await conn.execute(events.insert(), new_events)
+                statement = self._insert_sql["events"]
+                conn.exec_driver_sql(statement.sql, statement.params(new_events))
             for name in ("sessions", "runs", "steps"):
                 if updates[name]:
-                    params = [{**row, "row_id": row["id"]} for row in updates[name].values()]
-                    for p in params:
-                        del p["id"]
-                    await conn.execute(_UPDATE[name], params)
+                    statement = self._update_sql[name]
+                    conn.exec_driver_sql(statement.sql, statement.params(updates[name].values()))
+
+        await self.db.write_batch(write)
         self.commits += 1
 
     # -- reading -----------------------------------------------------------------------

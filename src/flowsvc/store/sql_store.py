@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
@@ -16,6 +18,9 @@ from flowsvc.domain.paging import Page
 from flowsvc.store.database import Database
 from flowsvc.store.graph_codec import graph_from_json, graph_to_json
 from flowsvc.store.tables import ApiKeyRow, FlowVersionRow, LiveFlowRow
+
+FLOW_CACHE_SECONDS = 1.0
+FLOW_CACHE_ENTRIES = 10_000
 
 flows = LiveFlowRow.__table__  # type: ignore[attr-defined]
 versions = FlowVersionRow.__table__  # type: ignore[attr-defined]
@@ -70,6 +75,9 @@ class SqlStore:
         self.db = db
         # Versions are immutable, so a version read once can be served from memory.
         self._versions: dict[str, FlowVersion] = {}
+        # Flows are read on every run. This process's own writes invalidate an entry at once;
+        # another process sharing the database is seen within FLOW_CACHE_SECONDS.
+        self._flows: dict[str, tuple[float, LiveFlow]] = {}
 
     # -- flows -------------------------------------------------------------------------
 
@@ -127,13 +135,19 @@ class SqlStore:
         ]
 
     async def get_flow(self, org: str, flow_id: str) -> LiveFlow | None:
+        cached = self._flows.get(flow_id)
+        if cached is not None and time.monotonic() - cached[0] < FLOW_CACHE_SECONDS:
+            flow = cached[1]
+            return replace(flow, sessions=[]) if flow.organisation_id == org else None
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(flows).where(flows.c.id == flow_id, flows.c.organisation_id == org)
-                )
-            ).first()
-            return None if row is None else (await self._with_versions(conn, [row]))[0]
+            row = (await conn.execute(select(flows).where(flows.c.id == flow_id))).first()
+            if row is None:
+                return None
+            flow = (await self._with_versions(conn, [row]))[0]
+        self._flows[flow_id] = (time.monotonic(), flow)
+        if len(self._flows) > FLOW_CACHE_ENTRIES:
+            self._flows.pop(next(iter(self._flows)))
+        return replace(flow, sessions=[]) if flow.organisation_id == org else None
 
     async def list_flows(self, org: str, page: Page) -> list[LiveFlow]:
         query = _newest_first(select(flows).where(flows.c.organisation_id == org), flows, page)
@@ -144,6 +158,7 @@ class SqlStore:
     async def update_flow(
         self, org: str, flow_id: str, changes: Mapping[str, Any]
     ) -> LiveFlow | None:
+        self._flows.pop(flow_id, None)
         values = dict(changes)
         if "auto_eval_flow_ids" in values:
             values["auto_eval_flow_ids"] = list(values["auto_eval_flow_ids"])
@@ -155,9 +170,11 @@ class SqlStore:
             )
             if result.rowcount == 0:
                 return None
+        self._flows.pop(flow_id, None)
         return await self.get_flow(org, flow_id)
 
     async def delete_flow(self, org: str, flow_id: str) -> bool:
+        self._flows.pop(flow_id, None)
         async with self.db.write() as conn:
             await conn.execute(
                 delete(versions).where(
@@ -167,6 +184,7 @@ class SqlStore:
             result = await conn.execute(
                 delete(flows).where(flows.c.id == flow_id, flows.c.organisation_id == org)
             )
+        self._flows.pop(flow_id, None)
         for stale in [k for k, v in self._versions.items() if v.flow_id == flow_id]:
             del self._versions[stale]
         return bool(result.rowcount)
@@ -176,6 +194,7 @@ class SqlStore:
     async def add_version(
         self, org: str, flow_id: str, make: Callable[[int], FlowVersion]
     ) -> FlowVersion | None:
+        self._flows.pop(flow_id, None)
         async with self.db.write() as conn:
             found = (
                 await conn.execute(
@@ -198,6 +217,7 @@ class SqlStore:
                 .where(flows.c.id == flow_id)
                 .values(current_version_id=version.id, updated_at=version.created_at)
             )
+        self._flows.pop(flow_id, None)
         self._versions[version.id] = version
         return version
 

@@ -24,7 +24,13 @@ def _walkthrough(name: str) -> str:
 def run_walkthrough(
     name: str, deployment: Deployment, tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
-    script = _walkthrough(name).replace("localhost:50051", deployment.address)
+    return _run_script(_walkthrough(name), deployment, tmp_path)
+
+
+def _run_script(
+    script: str, deployment: Deployment, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    script = script.replace("localhost:50051", deployment.address)
     script = script.replace("/tmp/", f"{tmp_path}/")
     env = {
         **os.environ,
@@ -100,3 +106,24 @@ def test_grpcurl_sees_field_violations(deployment: Deployment) -> None:
     )
     assert result.returncode != 0
     assert "InvalidArgument" in result.stderr and "steps[0].name" in result.stderr
+
+
+def test_readme_runs_walkthrough_pauses_answers_and_replays(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    script = _walkthrough("flows") + _walkthrough("runs")
+    result = _run_script(script, deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "SESSION_STATUS_WAITING_FOR_INPUT - What would you like to know about tides?" in out
+    assert '"status": "SESSION_STATUS_COMPLETED"' in out
+    watched = [line.strip() for line in out.splitlines() if '"type": "RUN_EVENT_TYPE_' in line]
+    assert "RUN_EVENT_TYPE_RUN_COMPLETED" in watched[-1]
+    assert any("RUN_EVENT_TYPE_INPUT_REQUIRED" in line for line in watched)
+    seqs = [
+        int(line.split(":")[1].strip(' ",'))
+        for line in out.splitlines()
+        if line.strip().startswith('"seq"')
+    ]
+    rejoined = seqs[-6:]
+    assert rejoined == list(range(6, 12))

@@ -431,14 +431,11 @@ def test_cancel_a_waiting_run(client: Client) -> None:
     assert cancelled.status == pb.RUN_STATUS_CANCELLED
     assert cancelled.ai_message.steps[-1].status == pb.STEP_STATUS_CANCELLED
     events = list(client.runs.WatchRun(fr.WatchRunRequest(run_id=waiting.id, after_seq=0)))
-    assert (
-        events[-1].type == pb.RUN_EVENT_TYPE_INPUT_REQUIRED
-        or events[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED
-    )
-    replay = list(
-        client.runs.WatchRun(fr.WatchRunRequest(run_id=waiting.id, after_seq=events[-1].seq))
-    )
-    assert replay[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED
+    assert events[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED
+    assert events[-1].run.status == pb.RUN_STATUS_CANCELLED
+    asked = next(e for e in events if e.type == pb.RUN_EVENT_TYPE_INPUT_REQUIRED)
+    after = list(client.runs.WatchRun(fr.WatchRunRequest(run_id=waiting.id, after_seq=asked.seq)))
+    assert [e.type for e in after] == [pb.RUN_EVENT_TYPE_RUN_CANCELLED]
     session = client.sessions.GetSession(ss.GetSessionRequest(id=waiting.session_id))
     assert session.status == pb.SESSION_STATUS_CANCELLED
 

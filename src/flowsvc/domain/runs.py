@@ -61,9 +61,15 @@ class EventType(StrEnum):
 
     @property
     def ends_run_stream(self) -> bool:
+        """A live run stream ends here: the run finished or now waits for a person."""
         return self in _RUN_STREAM_ENDS
 
+    @property
+    def ends_run(self) -> bool:
+        return self in _RUN_ENDS
 
+
+_RUN_ENDS = frozenset({EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED})
 _RUN_STREAM_ENDS = frozenset(
     {
         EventType.INPUT_REQUIRED,

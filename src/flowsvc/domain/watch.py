@@ -35,7 +35,8 @@ async def follow(
             for event in batch:
                 last = event.seq
                 yield event
-                if run_id and event.type.ends_run_stream:
+                # In the record, a run that waited for input may have gone on since.
+                if run_id and event.type.ends_run:
                     return
             if len(batch) < REPLAY_BATCH:
                 break

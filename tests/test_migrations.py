@@ -46,3 +46,23 @@ def test_database_runs_in_wal_mode(tmp_path: Path) -> None:
     _migrate(path)
     with create_engine(f"sqlite:///{path}").connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_batch_writer_stores_datetimes_exactly_as_sqlalchemy_does() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.dialects import sqlite
+
+    from flowsvc.store.tables import UTCDateTime
+
+    dialect = sqlite.dialect()
+    kind = UTCDateTime()
+    reference = kind.dialect_impl(dialect).bind_processor(dialect)
+    fast = kind.fast_bind_processor(dialect)
+    for value in (
+        None,
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2))),
+    ):
+        assert fast(value) == reference(value)

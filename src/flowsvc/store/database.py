@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
@@ -16,6 +17,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# JSON columns are on the hot path (event payloads): orjson encodes them several times faster.
+JSON_OPTIONS: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
 
 
 def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: bool) -> None:
@@ -56,20 +65,22 @@ class Database:
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.writer = create_async_engine(url, pool_size=1, max_overflow=0)
+            self.writer = create_async_engine(url, pool_size=1, max_overflow=0, **JSON_OPTIONS)
             # A fixed pool: opening a connection costs a thread and a file open, so callers
             # queue for one rather than open extras under load.
-            self.reader = create_async_engine(url, pool_size=8, max_overflow=0)
+            self.reader = create_async_engine(url, pool_size=8, max_overflow=0, **JSON_OPTIONS)
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
             _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)
         else:
-            self.writer = create_async_engine(url, pool_size=4, pool_pre_ping=True)
+            self.writer = create_async_engine(url, pool_size=4, pool_pre_ping=True, **JSON_OPTIONS)
             self.reader = self.writer
         self._write_lock = asyncio.Lock()
         # Batches of the hot path are committed by one thread on one blocking connection:
         # a whole transaction is then a single hop from the event loop, not one per statement.
         sync_url = parsed.set(drivername=parsed.get_backend_name())
-        self.batch_writer: Engine = create_engine(sync_url, pool_size=1, max_overflow=0)
+        self.batch_writer: Engine = create_engine(
+            sync_url, pool_size=1, max_overflow=0, **JSON_OPTIONS
+        )
         if self.is_sqlite:
             _sqlite_pragmas(self.batch_writer, sqlite_synchronous, immediate=True)
         self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsvc-writer")

@@ -43,7 +43,13 @@ from flowsvc.store.run_codec import (
     version_ids_in,
 )
 from flowsvc.store.sql_store import SqlStore
-from flowsvc.store.tables import FlowRunRow, RunEventRow, SessionRow, SessionStepRow
+from flowsvc.store.tables import (
+    FlowRunRow,
+    RunEventRow,
+    SessionRow,
+    SessionStepRow,
+    UTCDateTime,
+)
 
 log = logging.getLogger("flowsvc.store")
 
@@ -99,8 +105,12 @@ class _Statement:
         self.plan = []
         for name in names:
             key = name.removeprefix("v_")
-            column = columns[key]
-            self.plan.append((key, column.type.dialect_impl(dialect).bind_processor(dialect)))
+            kind = columns[key].type
+            if isinstance(kind, UTCDateTime):
+                processor = kind.fast_bind_processor(dialect)
+            else:
+                processor = kind.dialect_impl(dialect).bind_processor(dialect)
+            self.plan.append((key, processor))
 
     def params(self, rows: Any) -> list[tuple[Any, ...]]:
         plan = self.plan

@@ -22,6 +22,20 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.astimezone(UTC).replace(tzinfo=None)
 
+    def fast_bind_processor(self, dialect: Dialect) -> Any:
+        """What bind_processor does for SQLite, in one step: the batch writer's hot path."""
+        if dialect.name != "sqlite":
+            return self.dialect_impl(dialect).bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is not UTC:
+                value = value.astimezone(UTC)
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None

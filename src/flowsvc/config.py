@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,22 @@ class Settings:
     # How often sessions past their expiry are marked EXPIRED.
     expiry_sweep_seconds: float = 30.0
     clock: Callable[[], datetime] = now
+    # Models. `openai/<model>` goes to this OpenAI-compatible endpoint (the SDK's default,
+    # api.openai.com, when only a key is given). Keys are never logged or stored.
+    openai_base_url: str = ""
+    openai_api_key: str = field(default="", repr=False)
+    # More endpoints by name: {"local": {"base_url": "...", "api_key_env": "LOCAL_KEY"}}
+    # makes `local/<model>` go there.
+    model_endpoints: dict[str, dict[str, str]] = field(default_factory=dict)
+    model_timeout: float = 60.0  # one attempt
+    model_max_retries: int = 2  # on 429, 5xx and connection errors, with backoff
+    step_timeout: float = 300.0  # a whole LLM or HTTP step, retries included
+    # USD per million tokens: {"openai/gpt-4o-mini": {"input": 0.15, "output": 0.6}}
+    model_prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    # HTTP steps: hosts ("host" or "host:port") a flow may call; none by default.
+    http_allow_hosts: tuple[str, ...] = ()
+    http_timeout: float = 10.0
+    http_max_response_bytes: int = 1_048_576
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -46,6 +63,18 @@ class Settings:
             "step_limit": int(env.get("FLOWSVC_STEP_LIMIT", "1000")),
             "subscriber_queue": int(env.get("FLOWSVC_SUBSCRIBER_QUEUE", "1024")),
             "stream_write_timeout": float(env.get("FLOWSVC_STREAM_WRITE_TIMEOUT", "10")),
+            "openai_base_url": env.get("FLOWSVC_OPENAI_BASE_URL", ""),
+            "openai_api_key": env.get("FLOWSVC_OPENAI_API_KEY", ""),
+            "model_endpoints": json.loads(env.get("FLOWSVC_MODEL_ENDPOINTS", "{}")),
+            "model_timeout": float(env.get("FLOWSVC_MODEL_TIMEOUT", "60")),
+            "model_max_retries": int(env.get("FLOWSVC_MODEL_MAX_RETRIES", "2")),
+            "step_timeout": float(env.get("FLOWSVC_STEP_TIMEOUT", "300")),
+            "model_prices": json.loads(env.get("FLOWSVC_MODEL_PRICES", "{}")),
+            "http_allow_hosts": tuple(
+                h.strip() for h in env.get("FLOWSVC_HTTP_ALLOW_HOSTS", "").split(",") if h.strip()
+            ),
+            "http_timeout": float(env.get("FLOWSVC_HTTP_TIMEOUT", "10")),
+            "http_max_response_bytes": int(env.get("FLOWSVC_HTTP_MAX_RESPONSE_BYTES", "1048576")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

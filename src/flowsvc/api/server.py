@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
+from flowsvc.adapters.http_tool import AllowListedHttp
+from flowsvc.adapters.openai_provider import OpenAICompatible
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
@@ -24,7 +27,8 @@ from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.keys import Keys
-from flowsvc.domain.providers import Providers
+from flowsvc.domain.pricing import Price, PriceTable
+from flowsvc.domain.providers import EchoProvider, ModelProvider, Providers
 from flowsvc.domain.sessions import Sessions
 from flowsvc.store.database import Database
 from flowsvc.store.run_store import SqlRunStore
@@ -75,6 +79,7 @@ class FlowServer:
     sweep_every: float
     clock: Callable[[], datetime]
     sessions: Sessions
+    closers: list[Callable[[], Awaitable[None]]]
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -106,11 +111,42 @@ class FlowServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.engine.stop()
+        for close in self.closers:
+            await close()
         await self.run_store.close()
         await self.database.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
+
+
+def build_tools(settings: Settings) -> tuple[Providers, AllowListedHttp | None]:
+    """Model providers and the HTTP tool from settings: built-in echo, OpenAI-compatible
+    endpoints by name, and HTTP steps only when hosts are allowed."""
+    providers: dict[str, ModelProvider] = {"builtin": EchoProvider()}
+    endpoints = dict(settings.model_endpoints)
+    if settings.openai_base_url or settings.openai_api_key:
+        endpoints["openai"] = {
+            "base_url": settings.openai_base_url,
+            "api_key": settings.openai_api_key,
+        }
+    for name, endpoint in endpoints.items():
+        key = endpoint.get("api_key") or os.environ.get(endpoint.get("api_key_env", ""), "")
+        providers[name] = OpenAICompatible(
+            name,
+            endpoint.get("base_url") or "https://api.openai.com/v1",
+            key,
+            timeout=settings.model_timeout,
+            max_retries=settings.model_max_retries,
+        )
+    http_tool = None
+    if settings.http_allow_hosts:
+        http_tool = AllowListedHttp(
+            settings.http_allow_hosts,
+            timeout=settings.http_timeout,
+            max_response_bytes=settings.http_max_response_bytes,
+        )
+    return Providers(providers), http_tool
 
 
 async def create_server(settings: Settings) -> tuple[FlowServer, int]:
@@ -125,8 +161,22 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     keys = Keys(store)
     catalog = FlowCatalog(store, settings.limits, run_store)
     hub = Hub(settings.subscriber_queue)
+    providers, http_tool = build_tools(settings)
     engine = Engine(
-        run_store, store, hub, Providers(), step_limit=settings.step_limit, clock=settings.clock
+        run_store,
+        store,
+        hub,
+        providers,
+        step_limit=settings.step_limit,
+        clock=settings.clock,
+        http=http_tool,
+        prices=PriceTable(
+            {
+                m: Price(p.get("input", 0.0), p.get("output", 0.0))
+                for m, p in settings.model_prices.items()
+            }
+        ),
+        step_timeout=settings.step_timeout,
     )
     flow_runs = FlowRuns(engine, store, run_store, hub, settings.limits, settings.clock)
     sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
@@ -155,6 +205,11 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
+    closers: list[Callable[[], Awaitable[None]]] = [
+        p.close for p in providers.by_prefix.values() if isinstance(p, OpenAICompatible)
+    ]
+    if http_tool is not None:
+        closers.append(http_tool.close)
     try:
         port = server.add_insecure_port(settings.listen)
     except RuntimeError:
@@ -172,6 +227,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
             settings.expiry_sweep_seconds,
             settings.clock,
             sessions,
+            closers,
         ),
         port,
     )

@@ -27,9 +27,17 @@ from flowsvc.domain.hub import Hub
 from flowsvc.domain.ids import new_id
 from flowsvc.domain.model import FlowVersion, LlmConfig, Step, StepType
 from flowsvc.domain.ports import FlowStore, RunStore
-from flowsvc.domain.providers import ChatTurn, ModelError, ModelRequest, Providers
+from flowsvc.domain.pricing import PriceTable
+from flowsvc.domain.providers import (
+    DEFAULT_MODEL,
+    ChatTurn,
+    ModelError,
+    ModelRequest,
+    Providers,
+)
 from flowsvc.domain.routing import GraphIndex, RoutingError
 from flowsvc.domain.runs import (
+    Cost,
     EventType,
     FlowRun,
     Journal,
@@ -42,6 +50,7 @@ from flowsvc.domain.runs import (
     StepStatus,
 )
 from flowsvc.domain.templates import MissingValue, RenderContext, render
+from flowsvc.domain.tools import HttpCall, HttpTool, NoHttp, ToolError
 
 log = logging.getLogger("flowsvc.engine")
 
@@ -83,6 +92,8 @@ class _RunContext:
     buffered_steps: dict[str, SessionStep] = field(default_factory=dict)
     buffered_events: list[RunEvent] = field(default_factory=list)
     dirty: bool = False
+    # The model each LLM step used, until its usage is added to the session's costs.
+    models: dict[str, str] = field(default_factory=dict)
     # Set by a flush: the run lets other tasks in before its next step.
     yield_due: bool = False
     # Resolves once the run's first state (and a new session) is committed.
@@ -120,6 +131,9 @@ class Engine:
         *,
         step_limit: int,
         clock: Callable[[], datetime],
+        http: HttpTool | None = None,
+        prices: PriceTable | None = None,
+        step_timeout: float = 300.0,
     ) -> None:
         self._runs = runs
         self._flows = flows
@@ -127,6 +141,9 @@ class Engine:
         self._providers = providers
         self._step_limit = step_limit
         self._clock = clock
+        self._http: HttpTool = http or NoHttp()
+        self._prices = prices or PriceTable()
+        self._step_timeout = step_timeout
         self._states: dict[str, _SessionState] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._task_runs: dict[str, FlowRun] = {}
@@ -443,12 +460,44 @@ class Engine:
 
     def _render(self, ctx: _RunContext, step: Step) -> str:
         prompt = step.prompt_template
-        if prompt is None:
+        if prompt is None and step.http is None:
             return ""
         rc = self._render_context(ctx)
+        if step.http is not None:
+            call = self._http_call(step, rc)
+            return f"{call.method} {call.url}" + (f"\n\n{call.body}" if call.body else "")
+        assert prompt is not None
         if prompt.type == "chat":
             return "\n".join(f"{m.role}: {render(m.content, rc)}" for m in prompt.messages)
         return render(prompt.text, rc)
+
+    @staticmethod
+    def _http_call(step: Step, rc: RenderContext) -> HttpCall:
+        config = step.http
+        assert config is not None
+        return HttpCall(
+            method=config.method or "POST",
+            url=render(config.url, rc),
+            headers=tuple((k, render(v, rc)) for k, v in config.headers),
+            body=render(config.body, rc),
+            timeout_ms=config.timeout_ms,
+        )
+
+    async def _call_http(self, ctx: _RunContext, current: SessionStep) -> str:
+        try:
+            call = self._http_call(current.step, self._render_context(ctx))
+        except MissingValue as exc:
+            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        self._flush(ctx)  # the call leaves the process: its start is committed first
+        try:
+            async with asyncio.timeout(self._step_timeout):
+                return await self._http.call(call)
+        except ToolError as exc:
+            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        except TimeoutError:
+            raise StepFailure(
+                f"step {current.step.name!r}: no answer within {self._step_timeout:g}s"
+            ) from None
 
     def _begin_step(self, ctx: _RunContext, step: Step) -> SessionStep:
         session, now = ctx.state.session, self._clock()
@@ -487,10 +536,7 @@ class Engine:
         if kind is StepType.LLM:
             return await self._call_model(ctx, current)
         if kind is StepType.HTTP:
-            raise StepFailure(
-                f"step {current.step.name!r}: HTTP steps may call only allow-listed hosts, "
-                "and this server allows none"
-            )
+            return await self._call_http(ctx, current)
         # START has no prompt; CONDITION and END are their rendered prompt.
         return current.prompt
 
@@ -525,17 +571,26 @@ class Engine:
             self._flush(ctx)  # STEP_STARTED is committed and visible while the model works
         parts: list[str] = []
         try:
-            async for chunk in provider.stream(request):
-                if chunk.text:
-                    parts.append(chunk.text)
-                    if self._hub.subscriber_count(current.session_id):
-                        self._publish_delta(ctx, current, chunk.text)
-                if chunk.input_tokens is not None:
-                    current.input_tokens = chunk.input_tokens
-                if chunk.output_tokens is not None:
-                    current.output_tokens = chunk.output_tokens
+            async with asyncio.timeout(self._step_timeout):
+                async for chunk in provider.stream(request):
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        if self._hub.subscriber_count(current.session_id):
+                            self._publish_delta(ctx, current, chunk.text)
+                    if chunk.input_tokens is not None:
+                        current.input_tokens = chunk.input_tokens
+                    if chunk.output_tokens is not None:
+                        current.output_tokens = chunk.output_tokens
         except ModelError as exc:
             raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+        except TimeoutError:
+            raise StepFailure(
+                f"step {current.step.name!r}: the model did not finish within "
+                f"{self._step_timeout:g}s"
+            ) from None
+        model_name = config.model or DEFAULT_MODEL
+        current.cost = self._prices.cost(model_name, current.input_tokens, current.output_tokens)
+        ctx.models[current.id] = model_name
         return "".join(parts)
 
     def _publish_delta(self, ctx: _RunContext, current: SessionStep, text: str) -> None:
@@ -580,6 +635,16 @@ class Engine:
         run.output_tokens += current.output_tokens
         run.cost += current.cost
         session.cost += current.cost
+        model = ctx.models.pop(current.id, None)
+        if model is None:
+            return
+        entry = next((c for c in session.costs if c.type == "model" and c.name == model), None)
+        if entry is None:
+            entry = Cost(type="model", name=model)
+            session.costs.append(entry)
+        entry.input_tokens += current.input_tokens
+        entry.output_tokens += current.output_tokens
+        entry.cost += current.cost
 
     def _finish(self, state: _SessionState, run: FlowRun, status: RunStatus) -> datetime:
         now = self._clock()

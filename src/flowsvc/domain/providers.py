@@ -62,6 +62,10 @@ class Providers:
         prefix, _, name = (model or DEFAULT_MODEL).partition("/")
         provider = self.by_prefix.get(prefix)
         if provider is None or (prefix == "builtin" and name != "echo"):
-            known = ", ".join(sorted(f"{p}/…" for p in self.by_prefix))
-            raise ModelError(f"unknown model {model!r}; configured providers: {known}")
+            known = ", ".join(sorted(f"{p}/…" for p in self.by_prefix if p != "builtin"))
+            raise ModelError(
+                f"unknown model {model!r}: this server offers builtin/echo"
+                + (f" and {known}" if known else "")
+                + " (set FLOWSVC_OPENAI_BASE_URL or FLOWSVC_MODEL_ENDPOINTS for more)"
+            )
         return provider, name

@@ -30,17 +30,24 @@ async def follow(
     sub = hub.subscribe(session_id)
     last = after_seq
     try:
-        while True:
+        # Replay up to the first event the subscription caught: from there on the queue has
+        # every event, in order, with the live-only deltas between them.
+        caught: int | None = None
+        replaying = True
+        while replaying:
             batch = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
+            caught = sub.first_seq()
+            replaying = len(batch) == REPLAY_BATCH
             for event in batch:
+                if caught is not None and event.seq >= caught:
+                    replaying = False
+                    break
                 last = event.seq
                 yield event
                 # In the record, a run that waited for input may have gone on since.
                 if run_id and event.type.ends_run:
                     return
-            if len(batch) < REPLAY_BATCH:
-                break
-        if await stopped():
+        if caught is None and await stopped():
             # Whatever it sent before stopping is committed: one more read catches events
             # committed between the replay and the check.
             for event in await store.events_after(session_id, last, run_id, REPLAY_BATCH):

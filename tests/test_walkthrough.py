@@ -127,3 +127,51 @@ def test_readme_runs_walkthrough_pauses_answers_and_replays(
     ]
     rejoined = seqs[-6:]
     assert rejoined == list(range(6, 12))
+
+
+def test_readme_model_walkthrough_streams_tokens(tmp_path: Path) -> None:
+    """The README's model example against a loopback OpenAI-compatible endpoint."""
+    from tests.fake_openai import FakeOpenAI
+    from tests.harness import ChildServer, mint_key, sqlite_url
+
+    fake = FakeOpenAI()
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    server = ChildServer(
+        url,
+        tmp_path / "server.log",
+        extra_env={
+            "FLOWSVC_OPENAI_BASE_URL": f"{fake.url}/v1",
+            "FLOWSVC_OPENAI_API_KEY": "sk-walkthrough",
+        },
+    )
+    try:
+        script = f'export PATH="$PWD/.venv/bin:$PATH"\nAUTH="authorization: Bearer {key}"\n'
+        script += _walkthrough("models").replace("localhost:50051", server.address)
+        script = script.replace("/tmp/", f"{tmp_path}/")
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        deltas = [
+            line.split('"delta": ')[1].strip().strip('",')
+            for line in result.stdout.splitlines()
+            if '"delta"' in line
+        ]
+        assert "".join(deltas) == "Answer in two sentences: Why is the sea salty?"
+        assert "RUN_EVENT_TYPE_RUN_COMPLETED" in result.stdout
+        assert fake.requests[-1]["model"] == "gpt-4o-mini"
+        assert "sk-walkthrough" not in (tmp_path / "server.log").read_text()
+    finally:
+        server.signal(15)
+        server.wait()
+        fake.close()

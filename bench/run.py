@@ -4,6 +4,7 @@ load from separate processes, each figure beside a baseline measured in the same
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -126,8 +127,7 @@ def linear(*steps: pb.Step) -> dict[str, Any]:
     return {
         "steps": list(steps),
         "step_transitions": [
-            pb.StepTransition(source=a.name, target=b.name)
-            for a, b in zip(steps, steps[1:], strict=False)
+            pb.StepTransition(source=a.name, target=b.name) for a, b in itertools.pairwise(steps)
         ],
     }
 
@@ -216,22 +216,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="W1/W2 rounds; medians reported")
     parser.add_argument("--sessions", type=int, default=100_000, help="W4 stored sessions")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
+    parser.add_argument("--only", default="", help="e.g. w3: run just these workloads")
     args = parser.parse_args()
     results: dict[str, Any] = {"seconds": args.seconds, "rounds": args.rounds}
     work = Path(tempfile.mkdtemp(prefix="flowsvc-bench-"))
+    chosen = {w.strip() for w in args.only.split(",") if w.strip()} or {
+        "w1",
+        "w2",
+        "w3",
+        "w4",
+        "w5",
+    }
 
     # W5: start to SERVING, idle memory (three starts on empty stores).
     starts, idle = [], []
-    for i in range(3):
+    for i in range(3 if "w5" in chosen else 0):
         s = Server(work / f"w5-{i}.db")
         starts.append(s.start_seconds)
         time.sleep(1.0)
         idle.append(rss_mib(s.proc.pid))
         s.stop()
-    results["w5"] = {
-        "start_to_serving_s": statistics.median(starts),
-        "idle_rss_mib": statistics.median(idle),
-    }
+    if starts:
+        results["w5"] = {
+            "start_to_serving_s": statistics.median(starts),
+            "idle_rss_mib": statistics.median(idle),
+        }
 
     echo = Echo()
     server = Server(work / "main.db")
@@ -243,7 +252,7 @@ def main() -> None:
     rounds: dict[str, list[dict[str, Any]]] = {
         k: [] for k in ("echo1", "echo16", "w1_1", "w1_16", "w2")
     }
-    for _ in range(args.rounds):
+    for _ in range(args.rounds if chosen & {"w1", "w2"} else 0):
         rounds["echo1"].append(load("echo", echo.address, concurrency=1, seconds=args.seconds))
         rounds["w1_1"].append(
             load("w1", server.address, key=key, flow=chain, concurrency=1, seconds=args.seconds)
@@ -259,7 +268,9 @@ def main() -> None:
     def med(name: str, field: str) -> float:
         return statistics.median(r[field] for r in rounds[name])
 
-    results["w1"] = {
+    if not rounds["w1_1"]:
+        rounds.clear()
+    results["w1"] = rounds and {
         str(c): {
             "runs_per_s": med(f"w1_{c}", "per_second"),
             "p50_ms": med(f"w1_{c}", "p50_ms"),
@@ -273,7 +284,7 @@ def main() -> None:
         }
         for c in (1, 16)
     }
-    results["w2"] = {
+    results["w2"] = rounds and {
         "round_trips_per_s": med("w2", "per_second"),
         "p50_ms": med("w2", "p50_ms"),
         "p99_ms": med("w2", "p99_ms"),
@@ -282,6 +293,20 @@ def main() -> None:
     }
 
     # W3: one session running chain5 back to back, 200 subscribers following it.
+    if "w3" in chosen:
+        results["w3"] = w3(server, key, chain, args.seconds)
+    server.stop()
+
+    # W4: reads against an almost empty store, then with 100,000 sessions stored.
+    if "w4" in chosen:
+        results["w4"] = w4(work, args.sessions, args.seconds)
+    echo.stop()
+
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def w3(server: Server, key: str, chain: str, seconds: float) -> dict[str, Any]:
     first = one_run(server.address, key, chain)
     watcher = subprocess.Popen(
         [
@@ -297,7 +322,7 @@ def main() -> None:
             "--concurrency",
             "200",
             "--seconds",
-            str(args.seconds + 2),
+            str(seconds + 2),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -319,7 +344,7 @@ def main() -> None:
             "--session",
             first.session_id,
             "--seconds",
-            str(args.seconds),
+            str(seconds),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -330,10 +355,10 @@ def main() -> None:
         time.sleep(0.5)
     drive = json.loads(driver.communicate()[0])
     watched = json.loads(watcher.communicate()[0])
-    results["w3"] = {**watched, "runs_per_s": drive["per_second"], "server_peak_rss_mib": max(peak)}
-    server.stop()
+    return {**watched, "runs_per_s": drive["per_second"], "server_peak_rss_mib": max(peak)}
 
-    # W4: reads against an almost empty store, then with 100,000 sessions stored.
+
+def w4(work: Path, sessions: int, seconds: float) -> dict[str, Any]:
     def reads(db: Path, extra: int) -> dict[str, Any]:
         s = Server(db)
         k = s.key()
@@ -350,86 +375,87 @@ def main() -> None:
             flow=flow,
             session=run.session_id,
             concurrency=16,
-            seconds=max(3.0, args.seconds / 2),
+            seconds=max(3.0, seconds / 2),
         )
         s.stop()
         return figures
 
     # The "empty" store holds a few pages' worth, so both list the same number of rows.
     empty = reads(work / "w4-empty.db", 100)
-    full = reads(work / "w4-full.db", args.sessions)
-    results["w4"] = {
-        "sessions": args.sessions,
+    full = reads(work / "w4-full.db", sessions)
+    return {
+        "sessions": sessions,
         "get_p50_ms": [empty["get"]["p50_ms"], full["get"]["p50_ms"]],
         "list_p50_ms": [empty["list"]["p50_ms"], full["list"]["p50_ms"]],
         "get_ratio": full["get"]["p50_ms"] / empty["get"]["p50_ms"],
         "list_ratio": full["list"]["p50_ms"] / empty["list"]["p50_ms"],
     }
-    echo.stop()
-
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(table(results))
 
 
 def table(r: dict[str, Any]) -> str:
-    w1, w2, w3, w4, w5 = r["w1"], r["w2"], r["w3"], r["w4"], r["w5"]
-    rows = [
-        (
-            "W1 RunFlow chain5, 1 caller",
-            f"{w1['1']['runs_per_s']:.0f} runs/s",
-            f"p50 {w1['1']['p50_ms']:.2f} ms, p99 {w1['1']['p99_ms']:.2f} ms",
-            f"echo {w1['1']['echo_per_s']:.0f}/s",
-            f"{w1['1']['ratio']:.3f}x",
-        ),
-        (
-            "W1 RunFlow chain5, 16 callers",
-            f"{w1['16']['runs_per_s']:.0f} runs/s",
-            f"p50 {w1['16']['p50_ms']:.2f} ms, p99 {w1['16']['p99_ms']:.2f} ms",
-            f"echo {w1['16']['echo_per_s']:.0f}/s",
-            f"{w1['16']['ratio']:.3f}x",
-        ),
-        (
-            "W2 CreateSession(wait)+SubmitUserInput(wait), 16",
-            f"{w2['round_trips_per_s']:.0f} pairs/s",
-            f"p50 {w2['p50_ms']:.2f} ms, p99 {w2['p99_ms']:.2f} ms",
-            f"echo {w2['echo16_per_s']:.0f}/s",
-            f"{w2['round_trips_per_s'] / w2['echo16_per_s']:.3f}x",
-        ),
-        (
-            "W3 200 subscribers, chain5 back to back",
-            f"{w3['events_received']} events",
-            f"delivery p50 {w3['p50_ms']:.1f} ms, p99 {w3['p99_ms']:.1f} ms",
-            f"{w3['runs_per_s']:.0f} runs/s, cut off {w3['cut_off']}",
-            f"peak RSS {w3['server_peak_rss_mib']:.0f} MiB",
-        ),
-        (
-            "W4 GetSession p50, 100 vs 100k sessions",
-            f"{w4['get_p50_ms'][0]:.2f} / {w4['get_p50_ms'][1]:.2f} ms",
-            "",
-            "",
-            f"{w4['get_ratio']:.2f}x",
-        ),
-        (
-            "W4 ListSessions p50, 100 vs 100k sessions",
-            f"{w4['list_p50_ms'][0]:.2f} / {w4['list_p50_ms'][1]:.2f} ms",
-            "",
-            "",
-            f"{w4['list_ratio']:.2f}x",
-        ),
-        (
-            "W5 start to SERVING / idle RSS",
-            f"{w5['start_to_serving_s']:.2f} s",
-            f"{w5['idle_rss_mib']:.0f} MiB",
-            "",
-            "",
-        ),
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = [
+    rows: list[tuple[str, str, str, str, str]] = []
+    if r.get("w1"):
+        for c, label in (("1", "1 caller"), ("16", "16 callers")):
+            w = r["w1"][c]
+            rows.append(
+                (
+                    f"W1 RunFlow chain5, {label}",
+                    f"{w['runs_per_s']:.0f} runs/s",
+                    f"p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms",
+                    f"echo {w['echo_per_s']:.0f}/s",
+                    f"{w['ratio']:.3f}x",
+                )
+            )
+    if r.get("w2"):
+        w2 = r["w2"]
+        rows.append(
+            (
+                "W2 CreateSession(wait)+SubmitUserInput(wait), 16",
+                f"{w2['round_trips_per_s']:.0f} pairs/s",
+                f"p50 {w2['p50_ms']:.2f} ms, p99 {w2['p99_ms']:.2f} ms",
+                f"echo {w2['echo16_per_s']:.0f}/s",
+                f"{w2['round_trips_per_s'] / w2['echo16_per_s']:.3f}x",
+            )
+        )
+    if r.get("w3"):
+        w3 = r["w3"]
+        rows.append(
+            (
+                "W3 200 subscribers, chain5 back to back",
+                f"{w3['events_received']} events",
+                f"delivery p50 {w3['p50_ms']:.1f} ms, p99 {w3['p99_ms']:.1f} ms",
+                f"{w3['runs_per_s']:.0f} runs/s, cut off {w3['cut_off']}",
+                f"peak RSS {w3['server_peak_rss_mib']:.0f} MiB",
+            )
+        )
+    if r.get("w4"):
+        w4 = r["w4"]
+        for name, label in (("get", "GetSession"), ("list", "ListSessions")):
+            rows.append(
+                (
+                    f"W4 {label} p50, 100 vs {w4['sessions']} sessions",
+                    f"{w4[f'{name}_p50_ms'][0]:.2f} / {w4[f'{name}_p50_ms'][1]:.2f} ms",
+                    "",
+                    "",
+                    f"{w4[f'{name}_ratio']:.2f}x",
+                )
+            )
+    if r.get("w5"):
+        w5 = r["w5"]
+        rows.append(
+            (
+                "W5 start to SERVING / idle RSS",
+                f"{w5['start_to_serving_s']:.2f} s",
+                f"{w5['idle_rss_mib']:.0f} MiB",
+                "",
+                "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else [0] * 5
+    return "\n".join(
         "| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |"
         for row in rows
-    ]
-    return "\n".join(lines)
+    )
 
 
 if __name__ == "__main__":

@@ -374,3 +374,10 @@ def event_to_pb(e: runs.RunEvent) -> pb.RunEvent:
         out.delta = e.delta
     e.encoded = out
     return out
+
+
+def event_bytes(e: runs.RunEvent) -> bytes:
+    """The serialized RunEvent, made once however many streams carry it."""
+    if e.encoded_bytes is None:
+        e.encoded_bytes = event_to_pb(e).SerializeToString()
+    return e.encoded_bytes

@@ -154,10 +154,16 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     self._log(method, started, outcome.code)
                 await outcome.abort(context)
 
+            serialize = handler.response_serializer
+
+            def pass_bytes(message: Any) -> bytes:
+                # Event streams write events serialized once for all their subscribers.
+                return message if isinstance(message, bytes) else serialize(message)
+
             return grpc.unary_stream_rpc_method_handler(
                 writer,
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=pass_bytes,
             )
 
         if handler.unary_stream is not None:

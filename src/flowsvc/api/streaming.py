@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from flowsvc.api.convert import event_to_pb
+from flowsvc.api.convert import event_bytes
 from flowsvc.domain.errors import ResourceExhausted
 from flowsvc.domain.runs import RunEvent
 
@@ -18,7 +18,7 @@ async def send_events(context: Any, events: AsyncIterator[RunEvent], write_timeo
         async for event in events:
             session_id = event.session_id
             try:
-                await asyncio.wait_for(context.write(event_to_pb(event)), write_timeout)
+                await asyncio.wait_for(context.write(event_bytes(event)), write_timeout)
             except TimeoutError as exc:
                 raise ResourceExhausted(
                     f"subscriber stopped reading for {write_timeout:g}s; "

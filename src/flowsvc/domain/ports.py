@@ -67,6 +67,10 @@ class RunStore(Protocol):
 
     async def session_steps(self, session_id: str) -> list[SessionStep]: ...
 
+    async def session_with_steps(
+        self, org: str, session_id: str
+    ) -> tuple[Session, list[SessionStep]] | None: ...
+
     async def step_by_input_request(
         self, session_id: str, request_id: str
     ) -> SessionStep | None: ...

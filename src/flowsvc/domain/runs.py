@@ -205,8 +205,9 @@ class RunEvent:
     run: FlowRun | None = None
     delta: str = ""
     session_step_id: str = ""
-    # Lets the API layer encode a published event once for every subscriber.
+    # Let the API layer encode a published event once for every subscriber.
     encoded: Any = None
+    encoded_bytes: bytes | None = None
 
 
 @dataclass(slots=True)

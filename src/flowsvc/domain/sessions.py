@@ -144,16 +144,17 @@ class Sessions:
 
     async def get(self, org: str, session_id: str, field_name: str = "id") -> SessionView:
         require_id(field_name, session_id, "session")
-        session = await self._store.get_session(org, session_id)
-        if session is None:
+        found = await self._store.session_with_steps(org, session_id)
+        if found is None:
             raise NotFound("session", session_id)
+        session, steps = found
         if session.status is not SessionStatus.EXPIRED and self._clock() >= session.expires_at:
             async with self._engine.session_state(org, session_id) as state:
                 await self._engine.expire_if_due(state)
-            session = await self._store.get_session(org, session_id)
-            if session is None:
+            found = await self._store.session_with_steps(org, session_id)
+            if found is None:
                 raise NotFound("session", session_id)
-        steps = await self._store.session_steps(session_id)
+            session, steps = found
         versions = await self._flows.load_versions({session.flow_version_id})
         return SessionView(session, steps, versions.get(session.flow_version_id))
 

@@ -41,11 +41,14 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    if not immediate:
+        return  # readers run each SELECT in autocommit: no BEGIN/ROLLBACK round trips
+
     @event.listens_for(target, "begin")
     def on_begin(conn: Connection) -> None:
         # Writers take the write lock up front, so a second process waits its turn
         # instead of failing when a deferred transaction tries to upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _run_migrations(connection: Connection) -> None:
@@ -68,7 +71,9 @@ class Database:
             self.writer = create_async_engine(url, pool_size=1, max_overflow=0, **JSON_OPTIONS)
             # A fixed pool: opening a connection costs a thread and a file open, so callers
             # queue for one rather than open extras under load.
-            self.reader = create_async_engine(url, pool_size=8, max_overflow=0, **JSON_OPTIONS)
+            self.reader = create_async_engine(
+                url, pool_size=8, max_overflow=0, pool_reset_on_return=None, **JSON_OPTIONS
+            )
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
             _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)
         else:

@@ -274,6 +274,25 @@ class SqlRunStore:
             )
         )
 
+    async def session_with_steps(
+        self, org: str, session_id: str
+    ) -> tuple[Session, list[SessionStep]] | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(sessions).where(
+                        sessions.c.id == session_id, sessions.c.organisation_id == org
+                    )
+                )
+            ).first()
+            if row is None:
+                return None
+            found = await self._steps(
+                conn,
+                select(steps).where(steps.c.session_id == session_id).order_by(steps.c.position),
+            )
+        return session_from(row), found
+
     async def session_steps(self, session_id: str) -> list[SessionStep]:
         async with self.db.read() as conn:
             return await self._steps(

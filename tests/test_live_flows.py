@@ -294,12 +294,3 @@ def test_auto_eval_flow_must_exist(client: Client) -> None:
         )
     )
     assert "auto_eval_flow_ids[0]" in violations
-
-
-def test_unimplemented_services_say_so(client: Client) -> None:
-    from flowsvc.v1 import eval_service_pb2
-
-    rpc_error(
-        lambda: client.evals.GetEvalJob(eval_service_pb2.GetEvalJobRequest(id="x")),
-        grpc.StatusCode.UNIMPLEMENTED,
-    )

@@ -203,6 +203,8 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     RUN_EVENT_TYPE_RUN_COMPLETED: _RunEventType.ValueType  # 7
     RUN_EVENT_TYPE_RUN_FAILED: _RunEventType.ValueType  # 8
     RUN_EVENT_TYPE_RUN_CANCELLED: _RunEventType.ValueType  # 9
+    RUN_EVENT_TYPE_EVAL_COMPLETED: _RunEventType.ValueType  # 10
+    """The run's evaluation job finished; carries the EvalJob. Persisted, after RUN_COMPLETED."""
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper): ...
 
@@ -217,6 +219,8 @@ RUN_EVENT_TYPE_INPUT_REQUIRED: RunEventType.ValueType  # 6
 RUN_EVENT_TYPE_RUN_COMPLETED: RunEventType.ValueType  # 7
 RUN_EVENT_TYPE_RUN_FAILED: RunEventType.ValueType  # 8
 RUN_EVENT_TYPE_RUN_CANCELLED: RunEventType.ValueType  # 9
+RUN_EVENT_TYPE_EVAL_COMPLETED: RunEventType.ValueType  # 10
+"""The run's evaluation job finished; carries the EvalJob. Persisted, after RUN_COMPLETED."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 class _LiveFlowView:
@@ -1008,6 +1012,7 @@ class FlowRun(_message.Message):
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    EVAL_JOB_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     flow_id: _builtins.str
     session_id: _builtins.str
@@ -1038,6 +1043,10 @@ class FlowRun(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def eval_options(self) -> Global___EvalOptions: ...
+    @_builtins.property
+    def eval_job(self) -> Global___EvalJob:
+        """The finished evaluation job, on answers in EVAL_RUN_MODE_BLOCK."""
+
     def __init__(
         self,
         *,
@@ -1062,10 +1071,11 @@ class FlowRun(_message.Message):
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
         cost: _builtins.float = ...,
+        eval_job: Global___EvalJob | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "created_at", b"created_at", "end_time", b"end_time", "eval_options", b"eval_options", "override", b"override", "start_time", b"start_time", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "created_at", b"created_at", "end_time", b"end_time", "eval_job", b"eval_job", "eval_options", b"eval_options", "override", b"override", "start_time", b"start_time", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "cost", b"cost", "created_at", b"created_at", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "eval_job_id", b"eval_job_id", "eval_options", b"eval_options", "flow_id", b"flow_id", "id", b"id", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "override", b"override", "parent_run_id", b"parent_run_id", "response", b"response", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "user_message", b"user_message", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "cost", b"cost", "created_at", b"created_at", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "eval_job", b"eval_job", "eval_job_id", b"eval_job_id", "eval_options", b"eval_options", "flow_id", b"flow_id", "id", b"id", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "override", b"override", "parent_run_id", b"parent_run_id", "response", b"response", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "user_message", b"user_message", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1073,6 +1083,8 @@ Global___FlowRun: _TypeAlias = FlowRun  # noqa: Y015
 
 @_typing.final
 class EvalResult(_message.Message):
+    """One evaluation flow's verdict on a run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FLOW_EVAL_ID_FIELD_NUMBER: _builtins.int
@@ -1107,6 +1119,10 @@ Global___EvalResult: _TypeAlias = EvalResult  # noqa: Y015
 
 @_typing.final
 class EvalJob(_message.Message):
+    """The evaluations of one run. QUEUED until its evaluation runs start, COMPLETE when every
+    one has a result (an evaluation that failed has `error`), ERROR only if the job could not run.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1159,6 +1175,7 @@ class RunEvent(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     RUN_FIELD_NUMBER: _builtins.int
+    EVAL_JOB_FIELD_NUMBER: _builtins.int
     SESSION_STEP_ID_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per session, from 1, gapless, strictly increasing. 0 on STEP_DELTA (live only)."""
@@ -1179,6 +1196,10 @@ class RunEvent(_message.Message):
     def run(self) -> Global___FlowRun:
         """The run's snapshot on RUN_* events."""
 
+    @_builtins.property
+    def eval_job(self) -> Global___EvalJob:
+        """The finished job on EVAL_COMPLETED."""
+
     def __init__(
         self,
         *,
@@ -1190,13 +1211,14 @@ class RunEvent(_message.Message):
         step: Global___SessionStep | None = ...,
         delta: _builtins.str = ...,
         run: Global___FlowRun | None = ...,
+        eval_job: Global___EvalJob | None = ...,
         session_step_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "payload", b"payload", "run", b"run", "step", b"step", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "eval_job", b"eval_job", "payload", b"payload", "run", b"run", "step", b"step", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "payload", b"payload", "run", b"run", "run_id", b"run_id", "seq", b"seq", "session_id", b"session_id", "session_step_id", b"session_step_id", "step", b"step", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "eval_job", b"eval_job", "payload", b"payload", "run", b"run", "run_id", b"run_id", "seq", b"seq", "session_id", b"session_id", "session_step_id", b"session_step_id", "step", b"step", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["step", "delta", "run"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["step", "delta", "run", "eval_job"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

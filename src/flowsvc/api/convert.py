@@ -9,7 +9,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowsvc.domain import model, runs
+from flowsvc.domain import evals, model, runs
 from flowsvc.domain.flow_runs import RunOptions
 from flowsvc.domain.ids import new_id
 from flowsvc.v1 import resources_pb2 as pb
@@ -351,7 +351,36 @@ def run_to_pb(r: runs.FlowRun) -> pb.FlowRun:
     )
     if r.eval_options:
         json_format.ParseDict(r.eval_options, out.eval_options)
+    if r.eval_job is not None:
+        out.eval_job.CopyFrom(eval_job_to_pb(r.eval_job))
     return out
+
+
+_EVAL_STATUS = {
+    s: pb.EvalJobStatus.Value(f"EVAL_JOB_STATUS_{s.value}") for s in evals.EvalJobStatus
+}
+
+
+def eval_job_to_pb(job: evals.EvalJob) -> pb.EvalJob:
+    return pb.EvalJob(
+        id=job.id,
+        run_id=job.run_id,
+        flow_id=job.flow_id,
+        status=_EVAL_STATUS[job.status],
+        results=[
+            pb.EvalResult(
+                flow_eval_id=r.flow_eval_id,
+                eval_run_id=r.eval_run_id,
+                score=r.score,
+                passed=r.passed,
+                output=r.output,
+                error=r.error,
+            )
+            for r in job.results
+        ],
+        created_at=timestamp(job.created_at),
+        finished_at=timestamp(job.finished_at),
+    )
 
 
 def event_to_pb(e: runs.RunEvent) -> pb.RunEvent:
@@ -370,6 +399,8 @@ def event_to_pb(e: runs.RunEvent) -> pb.RunEvent:
         out.step.CopyFrom(session_step_to_pb(e.step))
     elif e.run is not None:
         out.run.CopyFrom(run_to_pb(e.run))
+    elif e.eval_job is not None:
+        out.eval_job.CopyFrom(eval_job_to_pb(e.eval_job))
     elif e.type is runs.EventType.STEP_DELTA:
         out.delta = e.delta
     e.encoded = out

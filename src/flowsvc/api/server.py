@@ -17,12 +17,14 @@ from sqlalchemy.engine import make_url
 
 from flowsvc.adapters.http_tool import AllowListedHttp
 from flowsvc.adapters.openai_provider import OpenAICompatible
+from flowsvc.api.evals import EvalServicer
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
 from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
 from flowsvc.domain.engine import Engine
+from flowsvc.domain.evals import Evaluations
 from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.domain.hub import Hub
@@ -31,6 +33,7 @@ from flowsvc.domain.pricing import Price, PriceTable
 from flowsvc.domain.providers import EchoProvider, ModelProvider, Providers
 from flowsvc.domain.sessions import Sessions
 from flowsvc.store.database import Database
+from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.sql_store import SqlStore
 from flowsvc.v1 import (
@@ -79,6 +82,7 @@ class FlowServer:
     sweep_every: float
     clock: Callable[[], datetime]
     sessions: Sessions
+    evaluations: Evaluations
     closers: list[Callable[[], Awaitable[None]]]
     _sweeper: asyncio.Task[None] | None = None
 
@@ -87,6 +91,9 @@ class FlowServer:
         resumed = await self.engine.resume_unfinished()
         if resumed:
             log.info("resumed interrupted runs", extra={"runs": resumed})
+        jobs = await self.evaluations.resume_unfinished()
+        if jobs:
+            log.info("resumed evaluation jobs", extra={"jobs": jobs})
         await self.grpc_server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
         for name in ("", *SERVICE_NAMES):
@@ -110,6 +117,7 @@ class FlowServer:
         await self.grpc_server.stop(grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.evaluations.stop()
         await self.engine.stop()
         for close in self.closers:
             await close()
@@ -178,7 +186,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         ),
         step_timeout=settings.step_timeout,
     )
-    flow_runs = FlowRuns(engine, store, run_store, hub, settings.limits, settings.clock)
+    evaluations = Evaluations(store, SqlEvalStore(database), settings.limits, settings.clock)
+    flow_runs = FlowRuns(
+        engine, store, run_store, hub, settings.limits, settings.clock, evaluations
+    )
     sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
 
     server = grpc.aio.server(interceptors=[CallGuard(keys)], options=SERVER_OPTIONS)
@@ -191,11 +202,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     flow_run_service_pb2_grpc.add_FlowRunServiceServicer_to_server(
         FlowRunServicer(flow_runs, settings.stream_write_timeout), server
     )
-    # Later work implements this; until then its RPCs answer UNIMPLEMENTED.
-    eval_service_pb2_grpc.add_EvalServiceServicer_to_server(
-        eval_service_pb2_grpc.EvalServiceServicer(),  # type: ignore[abstract]
-        server,
-    )
+    eval_service_pb2_grpc.add_EvalServiceServicer_to_server(EvalServicer(evaluations), server)
 
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):
@@ -227,6 +234,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
             settings.expiry_sweep_seconds,
             settings.clock,
             sessions,
+            evaluations,
             closers,
         ),
         port,

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from flowsvc.domain.errors import FailedPrecondition, NotFound
+from flowsvc.domain.evals import wants_evaluation
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.ids import new_id
 from flowsvc.domain.model import FlowVersion, LlmConfig, Step, StepType
@@ -150,6 +151,9 @@ class Engine:
         self._cancel_requested: set[str] = set()
         self._graphs: dict[str, GraphIndex] = {}
         self._stopping = False
+        # Called when a run that asked for evaluation completes, inside its turn on the
+        # session: starts the evaluation job.
+        self.on_complete: Callable[[FlowRun], Awaitable[None]] | None = None
 
     # -- session state ---------------------------------------------------------------
 
@@ -372,6 +376,8 @@ class Engine:
             await self._load_progress(ctx)
             await self._walk(ctx)
             await self._settle(ctx)
+            if run.status is RunStatus.COMPLETE and run.eval_job_id and self.on_complete:
+                await self.on_complete(run)
         except asyncio.CancelledError:
             if self._stopping or run.id not in self._cancel_requested:
                 raise
@@ -669,6 +675,8 @@ class Engine:
         self._add_usage(ctx, current)
         self._finish(ctx.state, ctx.run, RunStatus.COMPLETE)
         run.response = response
+        if wants_evaluation(run) and not run.eval_job_id:
+            run.eval_job_id = new_id()  # the job is created with this id once this commits
         assert run.user_message is not None and run.ai_message is not None
         run.ai_message.content = response
         session.messages.extend([run.user_message, run.ai_message])
@@ -840,6 +848,26 @@ class Engine:
         session.updated_at = self._clock()
         await self._record(journal)
         self._hub.close_session(session.id, "session expired")
+
+    async def record_eval_completed(self, run: FlowRun, job: object) -> None:
+        """EVAL_COMPLETED in the evaluated run's session, after its RUN_COMPLETED."""
+        try:
+            async with (
+                self.session_state(run.organisation_id, run.session_id) as state,
+                state.lock,
+            ):
+                event = RunEvent(
+                    seq=state.next_seq(),
+                    session_id=run.session_id,
+                    run_id=run.id,
+                    organisation_id=run.organisation_id,
+                    type=EventType.EVAL_COMPLETED,
+                    time=self._clock(),
+                    eval_job=job,
+                )
+                await self._record(Journal(session=state.session, events=[event]))
+        except NotFound:
+            return  # the session was deleted meanwhile
 
     async def mark_cancelled(self, state: _SessionState) -> None:
         """CancelSession with no run to stop still leaves the session CANCELLED."""

@@ -16,6 +16,7 @@ from flowsvc.domain.errors import (
     InvalidArgument,
     NotFound,
 )
+from flowsvc.domain.evals import MODE_BLOCK, MODE_SKIP, Evaluations, run_mode
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.idempotency import RequestClaims
@@ -137,7 +138,13 @@ class FlowRuns:
         hub: Hub,
         limits: Limits,
         clock: Callable[[], datetime],
+        evaluations: Evaluations | None = None,
     ) -> None:
+        self._evals = evaluations
+        if evaluations is not None:
+            evaluations.bind(self)
+            evaluations.on_finished = self._evaluation_finished
+            engine.on_complete = self._start_evaluations
         self._engine = engine
         self._flows = flows
         self._runs = runs
@@ -145,6 +152,27 @@ class FlowRuns:
         self._limits = limits
         self._clock = clock
         self.claims = RequestClaims()
+
+    # -- evaluations ---------------------------------------------------------------------
+
+    async def _start_evaluations(self, run: FlowRun) -> None:
+        assert self._evals is not None
+        await self._evals.start(run)
+
+    async def _evaluation_finished(self, job: Any) -> None:
+        run = await self._runs.get_run(job.organisation_id, job.run_id)
+        if run is not None:
+            await self._engine.record_eval_completed(run, job)
+
+    async def _with_blocking_evals(self, run: FlowRun) -> FlowRun:
+        """In BLOCK mode the answer waits for the run's evaluation job."""
+        if self._evals is None or not run.eval_job_id:
+            return run
+        if run_mode(run.eval_options) != MODE_BLOCK:
+            return run
+        job = await self._evals.finished(run.eval_job_id)
+        run.eval_job = job or await self._evals.get(run.organisation_id, run.eval_job_id)
+        return run
 
     # -- helpers shared with sessions ----------------------------------------------------
 
@@ -179,9 +207,11 @@ class FlowRuns:
         body: dict[str, Any],
         options: RunOptions,
         request_id: str,
+        parent_run_id: str = "",
     ) -> FlowRun:
         now = self._clock()
         return FlowRun(
+            parent_run_id=parent_run_id,
             id=new_id(),
             organisation_id=org,
             flow_id=flow_id,
@@ -237,6 +267,7 @@ class FlowRuns:
         options: RunOptions,
         *,
         wait_for_commit: bool = False,
+        parent_run_id: str = "",
     ) -> Started:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
@@ -255,7 +286,9 @@ class FlowRuns:
                     raise NotFound("session", existing.session_id)
                 return Started(existing, session, 0, existing=True)
         try:
-            started = await self._start(org, flow_id, body, request_id, options, wait_for_commit)
+            started = await self._start(
+                org, flow_id, body, request_id, options, wait_for_commit, parent_run_id
+            )
         except BaseException:
             if claim is not None:
                 claim.release()
@@ -273,6 +306,7 @@ class FlowRuns:
         request_id: str,
         options: RunOptions,
         wait_for_commit: bool,
+        parent_run_id: str = "",
     ) -> Started:
         if options.session_id:
             require_id("options.session_id", options.session_id, "session")
@@ -284,11 +318,20 @@ class FlowRuns:
         )
         if problems:
             raise InvalidArgument(problems)
+        if self._evals is not None and not parent_run_id:
+            await self._evals.check(org, options.eval_options)
+            if run_mode(options.eval_options) != MODE_SKIP and not options.eval_options.get("runs"):
+                options.eval_options = {
+                    **options.eval_options,
+                    "runs": [{"flow_eval_id": f} for f in flow.auto_eval_flow_ids],
+                }
 
         if not options.session_id:
             session = self.new_session(org, flow, version, body, NewSession())
             state = self._engine.adopt_session(session)
-            run = self.new_run(org, flow.id, session.id, version, body, options, request_id)
+            run = self.new_run(
+                org, flow.id, session.id, version, body, options, request_id, parent_run_id
+            )
             return await self._launch(state, run, version, True, wait_for_commit)
 
         async with self._engine.session_state(org, options.session_id) as state:
@@ -316,7 +359,9 @@ class FlowRuns:
                 _, version = await self.flow_and_version(
                     org, flow.id, session.version, "flow_id", "options.version"
                 )
-            run = self.new_run(org, flow.id, session.id, version, body, options, request_id)
+            run = self.new_run(
+                org, flow.id, session.id, version, body, options, request_id, parent_run_id
+            )
             return await self._launch(state, run, version, False, wait_for_commit)
 
     async def _launch(
@@ -350,14 +395,21 @@ class FlowRuns:
         self, org: str, flow_id: str, body: dict[str, Any], request_id: str, options: RunOptions
     ) -> FlowRun:
         started = await self.start(org, flow_id, body, request_id, options)
-        return await self.finished(started)
+        return await self._with_blocking_evals(await self.finished(started))
 
     async def stream_run_flow(
         self, org: str, flow_id: str, body: dict[str, Any], request_id: str, options: RunOptions
     ) -> AsyncIterator[RunEvent]:
         started = await self.start(org, flow_id, body, request_id, options)
+        last = started.after_seq
         async for event in self._follow_run(started.run, started.after_seq):
+            last = max(last, event.seq)
             yield event
+        run = await self._with_blocking_evals(await self.finished(started))
+        if run.eval_job is not None:
+            # BLOCK: the stream ends with the evaluation results.
+            for event in await self._runs.events_after(run.session_id, last, run.id, 100):
+                yield event
 
     def _follow_run(self, run: FlowRun, after_seq: int) -> AsyncIterator[RunEvent]:
         async def stopped() -> bool:

@@ -58,6 +58,7 @@ class EventType(StrEnum):
     RUN_COMPLETED = "RUN_COMPLETED"
     RUN_FAILED = "RUN_FAILED"
     RUN_CANCELLED = "RUN_CANCELLED"
+    EVAL_COMPLETED = "EVAL_COMPLETED"
 
     @property
     def ends_run_stream(self) -> bool:
@@ -186,6 +187,8 @@ class FlowRun:
     cost: float = 0.0
     # The steps this run took, in order (filled on reads and snapshots).
     steps: list[SessionStep] = field(default_factory=list)
+    # The finished evaluation job, when an answer waits for it (not stored with the run).
+    eval_job: Any = None
 
     def snapshot(self) -> FlowRun:
         copy = FlowRun(**{f: getattr(self, f) for f in self.__slots__})
@@ -205,6 +208,7 @@ class RunEvent:
     run: FlowRun | None = None
     delta: str = ""
     session_step_id: str = ""
+    eval_job: Any = None  # the EvalJob on EVAL_COMPLETED
     # Let the API layer encode a published event once for every subscriber.
     encoded: Any = None
     encoded_bytes: bytes | None = None

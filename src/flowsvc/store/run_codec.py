@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from flowsvc.domain.evals import EvalJob, EvalJobStatus, EvalResult
 from flowsvc.domain.model import Step
 from flowsvc.domain.runs import (
     Cost,
@@ -258,6 +260,8 @@ def _run_from_payload(d: dict[str, Any], lookup: StepLookup) -> FlowRun:
 
 def event_row(e: RunEvent) -> dict[str, Any]:
     payload: dict[str, Any] = {}
+    if e.eval_job is not None:
+        payload["eval_job"] = eval_job_json(e.eval_job)
     if e.step is not None:
         payload["step"] = _step_payload(e.step)
     if e.run is not None:
@@ -277,7 +281,9 @@ def event_from(r: Any, lookup: StepLookup) -> RunEvent:
     payload = r.payload
     step = payload.get("step")
     run = payload.get("run")
+    job = payload.get("eval_job")
     return RunEvent(
+        eval_job=None if job is None else eval_job_from(job),
         seq=r.seq,
         session_id=r.session_id,
         run_id=r.run_id,
@@ -297,3 +303,29 @@ def version_ids_in(payload: dict[str, Any]) -> set[str]:
     if "run" in payload:
         ids.update(s["flow_version_id"] for s in payload["run"]["steps"])
     return ids
+
+
+def eval_job_json(job: EvalJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "organisation_id": job.organisation_id,
+        "run_id": job.run_id,
+        "flow_id": job.flow_id,
+        "status": job.status.value,
+        "results": [asdict(r) for r in job.results],
+        "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def eval_job_from(d: dict[str, Any]) -> EvalJob:
+    return EvalJob(
+        id=d["id"],
+        organisation_id=d["organisation_id"],
+        run_id=d["run_id"],
+        flow_id=d["flow_id"],
+        status=EvalJobStatus(d["status"]),
+        created_at=_when(d["created_at"]) or datetime.min,
+        results=[EvalResult(**r) for r in d["results"]],
+        finished_at=_when(d["finished_at"]),
+    )

@@ -208,4 +208,23 @@ class RunEventRow(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
 
 
+class EvalJobRow(SQLModel, table=True):
+    __tablename__ = "eval_jobs"
+    __table_args__ = (
+        Index("ix_eval_jobs_org_created", "organisation_id", "created_at", "id"),
+        Index("ix_eval_jobs_org_flow_created", "organisation_id", "flow_id", "created_at", "id"),
+        Index("ix_eval_jobs_run", "run_id"),
+        Index("ix_eval_jobs_status", "status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    organisation_id: str = Field(max_length=128)
+    run_id: str = Field(max_length=36)
+    flow_id: str = Field(max_length=36)
+    status: str = Field(max_length=24)
+    results: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _when()
+    finished_at: datetime | None = _when(nullable=True)
+
+
 metadata = SQLModel.metadata

@@ -1,0 +1,295 @@
+"""Evaluations: a run's output judged by evaluation flows, as a persisted job."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
+from flowsvc.domain.flows import Listed
+from flowsvc.domain.ids import new_id, require_id
+from flowsvc.domain.limits import Limits
+from flowsvc.domain.paging import Cursor, Page, next_token, parse_page
+from flowsvc.domain.ports import FlowStore
+from flowsvc.domain.runs import FlowRun, RunStatus
+
+if TYPE_CHECKING:
+    from flowsvc.domain.flow_runs import FlowRuns
+
+log = logging.getLogger("flowsvc.evals")
+
+MODE_ASYNC, MODE_BLOCK, MODE_SKIP = (
+    "EVAL_RUN_MODE_ASYNC",
+    "EVAL_RUN_MODE_BLOCK",
+    "EVAL_RUN_MODE_SKIP",
+)
+_SCORE = re.compile(r"score\s*[:=]\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+_PASSED = re.compile(r"passed\s*[:=]\s*(true|false|yes|no)", re.IGNORECASE)
+
+
+class EvalJobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    ERROR = "ERROR"
+
+
+@dataclass(slots=True)
+class EvalResult:
+    flow_eval_id: str
+    external_input: Any = None
+    eval_run_id: str = ""
+    score: float = 0.0
+    passed: bool = False
+    output: str = ""
+    error: str = ""
+    done: bool = False
+
+
+@dataclass(slots=True)
+class EvalJob:
+    id: str
+    organisation_id: str
+    run_id: str
+    flow_id: str
+    status: EvalJobStatus
+    created_at: datetime
+    results: list[EvalResult] = field(default_factory=list)
+    finished_at: datetime | None = None
+
+
+class EvalStore(Protocol):
+    async def save_job(self, job: EvalJob, *, new: bool) -> None: ...
+
+    async def get_job(self, org: str, job_id: str) -> EvalJob | None: ...
+
+    async def list_jobs(self, org: str, run_id: str, flow_id: str, page: Page) -> list[EvalJob]: ...
+
+    async def unfinished_jobs(self) -> list[EvalJob]: ...
+
+
+def run_mode(eval_options: dict[str, Any]) -> str:
+    mode = eval_options.get("run_mode") or MODE_ASYNC
+    return MODE_ASYNC if mode == "EVAL_RUN_MODE_UNSPECIFIED" else str(mode)
+
+
+def wants_evaluation(run: FlowRun) -> bool:
+    """A top-level run not in SKIP mode with evaluation flows (auto-run ones are filled into
+    eval_options.runs when the run is created)."""
+    return (
+        not run.parent_run_id
+        and run_mode(run.eval_options) != MODE_SKIP
+        and bool(run.eval_options.get("runs"))
+    )
+
+
+def parse_verdict(text: str) -> tuple[float, bool]:
+    """score and passed from the evaluation's response: a JSON object, or text such as
+    'score: 0.8, passed: true'. One of the two may be missing: passed alone gives score 1 or
+    0; score alone gives passed = score >= 0.5."""
+    score: float | None = None
+    passed: bool | None = None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        if isinstance(data.get("score"), (int, float)) and not isinstance(data["score"], bool):
+            score = float(data["score"])
+        if isinstance(data.get("passed"), bool):
+            passed = data["passed"]
+    else:
+        if m := _SCORE.search(text):
+            score = float(m.group(1))
+        if m := _PASSED.search(text):
+            passed = m.group(1).lower() in ("true", "yes")
+    if score is None and passed is None:
+        raise ValueError("the evaluation's response has neither a score nor passed")
+    if score is None:
+        score = 1.0 if passed else 0.0
+    if passed is None:
+        passed = score >= 0.5
+    return score, passed
+
+
+class Evaluations:
+    def __init__(
+        self,
+        flows: FlowStore,
+        store: EvalStore,
+        limits: Limits,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._flows = flows
+        self._store = store
+        self._limits = limits
+        self._clock = clock
+        self._runs: FlowRuns | None = None
+        self._finished: dict[str, asyncio.Future[EvalJob]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.on_finished: Callable[[EvalJob], Any] | None = None
+
+    def bind(self, runs: FlowRuns) -> None:
+        self._runs = runs
+
+    async def check(self, org: str, eval_options: dict[str, Any]) -> None:
+        """Every named evaluation flow must be one of the organisation's: before anything runs."""
+        problems: list[FieldViolation] = []
+        for i, item in enumerate(eval_options.get("runs", [])):
+            flow_id = str(item.get("flow_eval_id", ""))
+            at = f"options.eval_options.runs[{i}].flow_eval_id"
+            try:
+                require_id(at, flow_id, "live flow")
+                found = await self._flows.get_flow(org, flow_id)
+            except NotFound:
+                found = None
+            except InvalidArgument as exc:
+                problems.extend(exc.violations)
+                continue
+            if found is None:
+                problems.append(
+                    FieldViolation(at, f"no live flow {flow_id[:80]!r} to evaluate with")
+                )
+            elif found.current_version is None:
+                problems.append(FieldViolation(at, "that evaluation flow has no version"))
+        if problems:
+            raise InvalidArgument(problems)
+
+    async def start(self, run: FlowRun) -> EvalJob | None:
+        """After a run completed: its evaluation job (persisted before this returns), or None."""
+        if run.status is not RunStatus.COMPLETE or not wants_evaluation(run):
+            return None
+        wanted = [
+            (str(item["flow_eval_id"]), item.get("flow_eval_external_input"))
+            for item in run.eval_options.get("runs", [])
+        ]
+        job = EvalJob(
+            id=run.eval_job_id or new_id(),
+            organisation_id=run.organisation_id,
+            run_id=run.id,
+            flow_id=run.flow_id,
+            status=EvalJobStatus.QUEUED,
+            created_at=self._clock(),
+            results=[EvalResult(flow_eval_id=f, external_input=x) for f, x in wanted],
+        )
+        await self._store.save_job(job, new=True)
+        self._launch(job, run)
+        return job
+
+    def _launch(self, job: EvalJob, run: FlowRun | None) -> None:
+        done: asyncio.Future[EvalJob] = asyncio.get_running_loop().create_future()
+        self._finished[job.id] = done
+        task = asyncio.create_task(self._execute(job, run, done), name=f"eval-{job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def finished(self, job_id: str) -> EvalJob | None:
+        done = self._finished.get(job_id)
+        return None if done is None else await asyncio.shield(done)
+
+    async def _execute(
+        self, job: EvalJob, run: FlowRun | None, done: asyncio.Future[EvalJob]
+    ) -> None:
+        assert self._runs is not None
+        try:
+            if run is None:
+                run = await self._runs.get_run(job.organisation_id, job.run_id)
+            job.status = EvalJobStatus.RUNNING
+            await self._store.save_job(job, new=False)
+            await asyncio.gather(*(self._evaluate(job, run, r) for r in job.results))
+            job.status = EvalJobStatus.COMPLETE
+        except asyncio.CancelledError:
+            raise  # shutdown: the job resumes on the next start
+        except Exception:
+            log.exception("evaluation job failed", extra={"job_id": job.id})
+            job.status = EvalJobStatus.ERROR
+        job.finished_at = self._clock()
+        await self._store.save_job(job, new=False)
+        if self.on_finished is not None:
+            await self.on_finished(job)
+        self._finished.pop(job.id, None)
+        done.set_result(job)
+
+    async def _evaluate(self, job: EvalJob, run: FlowRun, result: EvalResult) -> None:
+        assert self._runs is not None
+        if result.done:
+            return
+        from flowsvc.domain.flow_runs import RunOptions
+
+        try:
+            if result.eval_run_id:
+                evaluated = await self._runs.finished_by_id(job.organisation_id, result.eval_run_id)
+            else:
+                body = {
+                    "input": run.body,
+                    "output": run.response,
+                    "external_input": result.external_input,
+                }
+                started = await self._runs.start(
+                    job.organisation_id,
+                    result.flow_eval_id,
+                    body,
+                    "",
+                    RunOptions(eval_options={"run_mode": MODE_SKIP}),
+                    parent_run_id=run.id,
+                )
+                result.eval_run_id = started.run.id
+                await self._store.save_job(job, new=False)
+                evaluated = await self._runs.finished(started)
+            result.output = evaluated.response
+            if evaluated.status is not RunStatus.COMPLETE:
+                result.error = (
+                    evaluated.error or f"the evaluation run ended {evaluated.status.value}"
+                )
+            else:
+                result.score, result.passed = parse_verdict(evaluated.response)
+        except (ValueError, InvalidArgument, NotFound) as exc:
+            result.error = (
+                str(exc) if not isinstance(exc, (InvalidArgument, NotFound)) else exc.message
+            )
+        except Exception as exc:  # an evaluation never fails the job or the evaluated run
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("evaluation failed", extra={"job_id": job.id})
+            result.error = "the evaluation could not run"
+        result.done = True
+
+    async def resume_unfinished(self) -> int:
+        jobs = await self._store.unfinished_jobs()
+        for job in jobs:
+            self._launch(job, None)
+        return len(jobs)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def get(self, org: str, job_id: str) -> EvalJob:
+        require_id("id", job_id, "eval job")
+        job = await self._store.get_job(org, job_id)
+        if job is None:
+            raise NotFound("eval job", job_id)
+        return job
+
+    async def list(
+        self, org: str, run_id: str, flow_id: str, page_size: int, page_token: str
+    ) -> Listed[EvalJob]:
+        page = parse_page(page_size, page_token, self._limits, "evals", org, run_id, flow_id)
+        found = await self._store.list_jobs(org, run_id, flow_id, page)
+        token = ""
+        if len(found) > page.size:
+            found = found[: page.size]
+            token = next_token(
+                Cursor(found[-1].created_at, found[-1].id), "evals", org, run_id, flow_id
+            )
+        return Listed(found, token)

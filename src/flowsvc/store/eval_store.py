@@ -1,0 +1,91 @@
+"""Evaluation jobs in SQL (off the hot path: plain transactions)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from sqlalchemy import select, tuple_, update
+
+from flowsvc.domain.evals import EvalJob, EvalJobStatus, EvalResult
+from flowsvc.domain.paging import Page
+from flowsvc.store.database import Database
+from flowsvc.store.tables import EvalJobRow
+
+jobs = EvalJobRow.__table__  # type: ignore[attr-defined]
+
+
+def _row(job: EvalJob) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "organisation_id": job.organisation_id,
+        "run_id": job.run_id,
+        "flow_id": job.flow_id,
+        "status": job.status.value,
+        "results": [asdict(r) for r in job.results],
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def _job(row: Any) -> EvalJob:
+    return EvalJob(
+        id=row.id,
+        organisation_id=row.organisation_id,
+        run_id=row.run_id,
+        flow_id=row.flow_id,
+        status=EvalJobStatus(row.status),
+        created_at=row.created_at,
+        results=[EvalResult(**r) for r in row.results],
+        finished_at=row.finished_at,
+    )
+
+
+class SqlEvalStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def save_job(self, job: EvalJob, *, new: bool) -> None:
+        values = _row(job)
+        async with self.db.write() as conn:
+            if new:
+                await conn.execute(jobs.insert().values(**values))
+            else:
+                await conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+
+    async def get_job(self, org: str, job_id: str) -> EvalJob | None:
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(jobs).where(jobs.c.id == job_id, jobs.c.organisation_id == org)
+                )
+            ).first()
+        return None if row is None else _job(row)
+
+    async def list_jobs(self, org: str, run_id: str, flow_id: str, page: Page) -> list[EvalJob]:
+        query = select(jobs).where(jobs.c.organisation_id == org)
+        if run_id:
+            query = query.where(jobs.c.run_id == run_id)
+        if flow_id:
+            query = query.where(jobs.c.flow_id == flow_id)
+        if page.after is not None:
+            query = query.where(
+                tuple_(jobs.c.created_at, jobs.c.id) < tuple_(page.after.created_at, page.after.id)
+            )
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(page.size + 1)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_job(r) for r in rows]
+
+    async def unfinished_jobs(self) -> list[EvalJob]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(jobs)
+                    .where(
+                        jobs.c.status.in_([EvalJobStatus.QUEUED.value, EvalJobStatus.RUNNING.value])
+                    )
+                    .order_by(jobs.c.created_at)
+                )
+            ).all()
+        return [_job(r) for r in rows]

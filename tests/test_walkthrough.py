@@ -175,3 +175,12 @@ def test_readme_model_walkthrough_streams_tokens(tmp_path: Path) -> None:
         server.signal(15)
         server.wait()
         fake.close()
+
+
+def test_readme_evals_walkthrough(deployment: Deployment, tmp_path: Path) -> None:
+    result = _run_script(_walkthrough("flows") + _walkthrough("evals"), deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "EVAL_JOB_STATUS_COMPLETE 0.9 True" in result.stdout
+    job = _json_objects(result.stdout)[-1]
+    assert job["status"] == "EVAL_JOB_STATUS_COMPLETE"
+    assert job["results"][0]["score"] == 0.4  # type: ignore[index]

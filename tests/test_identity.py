@@ -54,10 +54,16 @@ def test_other_current_org_id_is_permission_denied(deployment: Deployment) -> No
 
 
 def test_keys_are_stored_only_as_hashes(deployment: Deployment) -> None:
+    import sqlite3
+
+    # Read through SQLite, never open()/close() on the file: closing a plain descriptor
+    # would drop this process's SQLite locks on it (the in-process server's too).
     path = deployment.database_url.split("///", 1)[1]
     secret = deployment.acme_key.split("_", 2)[2]
-    with open(path, "rb") as db:
-        assert secret.encode() not in db.read()
+    with sqlite3.connect(path) as db:
+        dump = "\n".join(db.iterdump())
+    assert _key_id(deployment.acme_key) in dump
+    assert secret not in dump
 
 
 def test_key_command_prints_key_alone_on_last_line(deployment: Deployment) -> None:
@@ -150,3 +156,85 @@ def test_same_request_id_in_two_organisations_makes_two_flows(
     a = client.flows.CreateLiveFlow(create_request(request_id="shared-id"))
     b = other_org.flows.CreateLiveFlow(create_request(request_id="shared-id"))
     assert a.id != b.id and b.organisation_id == "globex"
+
+
+def _cli(deployment: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowsvc", "keys", *args, "--database-url", deployment.database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _key_id(key: str) -> str:
+    return key.split("_", 2)[1]
+
+
+def test_keys_list_shows_keys_but_never_secrets(deployment: Deployment) -> None:
+    listing = _cli(deployment, "list", "--org", "acme")
+    assert listing.returncode == 0
+    assert _key_id(deployment.acme_key) in listing.stdout
+    assert deployment.acme_key.split("_", 2)[2] not in listing.stdout
+    assert _key_id(deployment.globex_key) not in listing.stdout
+
+
+def test_revoked_key_is_refused(deployment: Deployment) -> None:
+    from tests.harness import mint_key, wait_until
+
+    key = mint_key(deployment.database_url, "acme")
+    c = connect(deployment.address, [("api-key", key)])
+    c.flows.ListLiveFlows(LIST)
+    assert _cli(deployment, "revoke", _key_id(key)).returncode == 0
+
+    def refused() -> bool:
+        try:
+            c.flows.ListLiveFlows(LIST)
+        except grpc.RpcError as err:
+            return bool(err.code() == UNAUTH)
+        return False
+
+    wait_until(refused, timeout=10)
+    assert _cli(deployment, "revoke", _key_id(key)).returncode == 1  # already revoked
+
+
+def test_revoking_a_key_ends_its_open_streams(deployment: Deployment) -> None:
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.graphs import struct, with_input
+    from tests.harness import mint_key
+
+    key = mint_key(deployment.database_url, "acme")
+    c = connect(deployment.address, [("api-key", key)])
+    flow = c.flows.CreateLiveFlow(create_request(graph=with_input()))
+    waiting = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(topic="t")))
+    stream = c.sessions.WatchSession(ss.WatchSessionRequest(session_id=waiting.session_id))
+    assert _cli(deployment, "revoke", _key_id(key)).returncode == 0
+    try:
+        for _ in stream:
+            pass
+    except grpc.RpcError as err:
+        assert err.code() == UNAUTH
+    else:
+        raise AssertionError("the stream went on after its key was revoked")
+
+
+def test_expired_key_is_refused(deployment: Deployment) -> None:
+    from tests.harness import wait_until
+
+    out = _cli(deployment, "create", "--org", "acme", "--expires-in", "2s")
+    assert out.returncode == 0 and "expires at" in out.stdout
+    c = connect(deployment.address, [("api-key", out.stdout.strip().splitlines()[-1])])
+
+    def refused() -> bool:
+        try:
+            c.flows.ListLiveFlows(LIST)
+        except grpc.RpcError as err:
+            return bool(err.code() == UNAUTH)
+        return False
+
+    wait_until(refused, timeout=15)
+
+
+def test_bad_expiry_is_refused_by_the_cli(deployment: Deployment) -> None:
+    assert _cli(deployment, "create", "--org", "acme", "--expires-in", "soon").returncode == 2

@@ -18,13 +18,15 @@ from typing import Any
 import grpc
 
 from flowsvc.api.status import rich_status, status_of
-from flowsvc.domain.errors import DomainError
+from flowsvc.domain.errors import DomainError, Unauthenticated
 from flowsvc.domain.keys import Keys
 from flowsvc.domain.model import Principal
 
 log = logging.getLogger("flowsvc.rpc")
 
 PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+KEY_RECHECK_SECONDS = 1.0
+KEY_GONE = "flowsvc: api key no longer valid"
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
 
 
@@ -78,13 +80,22 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, keys: Keys) -> None:
         self._keys = keys
 
-    async def _enter(self, method: str, metadata: dict[str, str]) -> None:
+    async def _enter(self, method: str, metadata: dict[str, str]) -> Principal | None:
         if method.startswith(PUBLIC_PREFIXES):
-            return
+            return None
         principal = await self._keys.authenticate(
             _presented_key(metadata), metadata.get("current-org-id") or None
         )
         _principal.set(principal)
+        return principal
+
+    async def _guard_stream(self, principal: Principal, stream: asyncio.Task[Any]) -> None:
+        """An open stream ends when the key behind it is revoked or expires."""
+        while True:
+            await asyncio.sleep(KEY_RECHECK_SECONDS)
+            if not await self._keys.still_valid(principal):
+                stream.cancel(KEY_GONE)
+                return
 
     @staticmethod
     def _log(method: str, started: float, code: grpc.StatusCode) -> None:
@@ -142,15 +153,27 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
                 started = time.perf_counter()
                 outcome = _Outcome()
+                watchdog: asyncio.Task[None] | None = None
                 try:
-                    await self._enter(method, metadata)
+                    principal = await self._enter(method, metadata)
+                    if principal is not None:
+                        this = asyncio.current_task()
+                        assert this is not None
+                        watchdog = asyncio.create_task(self._guard_stream(principal, this))
                     await inner_writer(request, context)
-                except asyncio.CancelledError:
-                    outcome.code = grpc.StatusCode.CANCELLED
-                    raise
+                except asyncio.CancelledError as exc:
+                    task = asyncio.current_task()
+                    if exc.args == (KEY_GONE,) and task is not None:
+                        task.uncancel()
+                        outcome.fail(Unauthenticated("API key revoked or expired"), method)
+                    else:
+                        outcome.code = grpc.StatusCode.CANCELLED
+                        raise
                 except Exception as exc:
                     outcome.fail(exc, method)
                 finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
                     self._log(method, started, outcome.code)
                 await outcome.abort(context)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
 from flowsvc.domain.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from flowsvc.domain.ids import now
@@ -14,8 +16,11 @@ from flowsvc.domain.model import ApiKey, Principal
 from flowsvc.domain.ports import KeyStore
 
 KEY_PREFIX = "fsk"
-# A verified key is trusted this long before the store is asked again.
-CACHE_SECONDS = 2.0
+# A verified key is trusted this long before the store is asked again: a key revoked by
+# another process (the CLI) stops working within this time, open streams included.
+CACHE_SECONDS = 1.0
+# last_used_at is written at most this often per key.
+TOUCH_SECONDS = 60.0
 
 
 def _hash(salt: bytes, secret: str) -> bytes:
@@ -38,8 +43,9 @@ class Keys:
     def __init__(self, store: KeyStore) -> None:
         self._store = store
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._touches: set[asyncio.Task[None]] = set()
 
-    async def mint(self, org: str) -> MintedKey:
+    async def mint(self, org: str, expires_at: datetime | None = None) -> MintedKey:
         check_org_id(org)
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
@@ -50,6 +56,7 @@ class Keys:
             salt=salt,
             secret_hash=_hash(salt, secret),
             created_at=now(),
+            expires_at=expires_at,
         )
         await self._store.add_key(record)
         return MintedKey(record, f"{KEY_PREFIX}_{key_id}_{secret}")
@@ -75,7 +82,34 @@ class Keys:
             raise Unauthenticated("API key expired")
         if requested_org and requested_org != record.organisation_id:
             raise PermissionDenied("current-org-id does not match the API key's organisation")
+        self._touch(record, stamp)
         return Principal(organisation_id=record.organisation_id, key_id=record.id)
+
+    def _touch(self, record: ApiKey, stamp: datetime) -> None:
+        last = record.last_used_at
+        if last is not None and (stamp - last).total_seconds() < TOUCH_SECONDS:
+            return
+        touched = replace(record, last_used_at=stamp)
+        cached = self._cache.get(record.id)
+        if cached is not None:
+            self._cache[record.id] = (cached[0], touched)
+        task = asyncio.create_task(self._store.touch_key(record.id, stamp))
+        self._touches.add(task)
+        task.add_done_callback(self._touches.discard)
+
+    async def still_valid(self, principal: Principal) -> bool:
+        """For open streams: is the key behind them still good (not revoked or expired)?"""
+        record = await self._lookup(principal.key_id)
+        if record is None or record.revoked_at is not None:
+            return False
+        return record.expires_at is None or record.expires_at > now()
+
+    async def list(self, org: str = "") -> list[ApiKey]:
+        return await self._store.list_keys(org)
+
+    async def revoke(self, key_id: str) -> bool:
+        self._cache.pop(key_id, None)
+        return await self._store.revoke_key(key_id, now())
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
         cached = self._cache.get(key_id)

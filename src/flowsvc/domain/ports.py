@@ -52,6 +52,14 @@ class KeyStore(Protocol):
 
     async def get_key(self, key_id: str) -> ApiKey | None: ...
 
+    async def list_keys(self, org: str) -> list[ApiKey]:
+        """Every key, or one organisation's when org is given."""
+        ...
+
+    async def revoke_key(self, key_id: str, when: datetime) -> bool: ...
+
+    async def touch_key(self, key_id: str, when: datetime) -> None: ...
+
 
 class RunStore(Protocol):
     def record(self, journal: Journal) -> asyncio.Future[None]:

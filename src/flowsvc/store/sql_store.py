@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, tuple_, update
@@ -48,6 +49,19 @@ def _flow(row: Row[Any], current: FlowVersion | None) -> LiveFlow:
         updated_at=row.updated_at,
         auto_eval_flow_ids=tuple(row.auto_eval_flow_ids),
         current_version=current,
+    )
+
+
+def _key(row: Row[Any]) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        organisation_id=row.organisation_id,
+        salt=row.salt,
+        secret_hash=row.secret_hash,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        last_used_at=row.last_used_at,
     )
 
 
@@ -287,15 +301,27 @@ class SqlStore:
     async def get_key(self, key_id: str) -> ApiKey | None:
         async with self.db.read() as conn:
             row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
-        if row is None:
-            return None
-        return ApiKey(
-            id=row.id,
-            organisation_id=row.organisation_id,
-            salt=row.salt,
-            secret_hash=row.secret_hash,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            revoked_at=row.revoked_at,
-            last_used_at=row.last_used_at,
-        )
+        return None if row is None else _key(row)
+
+    async def list_keys(self, org: str) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if org:
+            query = query.where(api_keys.c.organisation_id == org)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, when: datetime) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=when)
+            )
+        return bool(result.rowcount)
+
+    async def touch_key(self, key_id: str, when: datetime) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when)
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 from flowsvc.domain.ids import now
@@ -50,6 +50,8 @@ class Settings:
     http_allow_hosts: tuple[str, ...] = ()
     http_timeout: float = 10.0
     http_max_response_bytes: int = 1_048_576
+    # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
+    max_request_bytes: int = 4 * 1024 * 1024
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -76,6 +78,15 @@ class Settings:
             "http_timeout": float(env.get("FLOWSVC_HTTP_TIMEOUT", "10")),
             "http_max_response_bytes": int(env.get("FLOWSVC_HTTP_MAX_RESPONSE_BYTES", "1048576")),
         }
+        limits = {
+            f.name: int(env[f"FLOWSVC_{f.name.upper()}"])
+            for f in fields(Limits)
+            if f"FLOWSVC_{f.name.upper()}" in env
+        }
+        if limits:
+            values["limits"] = Limits(**limits)
+        if "FLOWSVC_MAX_REQUEST_BYTES" in env:
+            values["max_request_bytes"] = int(env["FLOWSVC_MAX_REQUEST_BYTES"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

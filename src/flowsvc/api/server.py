@@ -66,7 +66,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     # A second server on the same port must fail to start, not share the port silently.
     ("grpc.so_reuseport", 0),
 ]
@@ -192,7 +191,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
 
-    server = grpc.aio.server(interceptors=[CallGuard(keys)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[CallGuard(keys)],
+        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes)],
+    )
     live_flow_service_pb2_grpc.add_LiveFlowServiceServicer_to_server(
         LiveFlowServicer(catalog), server
     )

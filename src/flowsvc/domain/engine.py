@@ -330,6 +330,9 @@ class Engine:
             raise task.exception()  # type: ignore[misc]
         return run.snapshot()
 
+    def active_runs_of(self, org: str) -> int:
+        return sum(1 for run in self._task_runs.values() if run.organisation_id == org)
+
     def active_run_ids(self, session_id: str) -> list[str]:
         return [rid for rid, run in self._task_runs.items() if run.session_id == session_id]
 

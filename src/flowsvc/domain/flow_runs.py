@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from flowsvc.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from flowsvc.domain.evals import MODE_BLOCK, MODE_SKIP, Evaluations, run_mode
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
@@ -117,6 +119,15 @@ def check_overrides(
     return problems
 
 
+def check_json_size(value: Any, field_name: str, limits: Limits) -> list[FieldViolation]:
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > limits.max_json_bytes:
+        return [
+            FieldViolation(field_name, f"at most {limits.max_json_bytes} bytes as JSON; got {size}")
+        ]
+    return []
+
+
 def check_inputs(
     body: Mapping[str, Any], version: FlowVersion, field_name: str
 ) -> list[FieldViolation]:
@@ -197,6 +208,16 @@ class FlowRuns:
                 subject=f"live_flows/{flow_id}",
             )
         return flow, flow.current_version
+
+    def check_capacity(self, org: str) -> None:
+        active = self._engine.active_runs_of(org)
+        if active >= self._limits.max_active_runs_per_org:
+            raise ResourceExhausted(
+                f"the organisation has {active} runs going; the limit is "
+                f"{self._limits.max_active_runs_per_org} (max_active_runs_per_org)",
+                subject=f"organisations/{org}",
+                limit="max_active_runs_per_org",
+            )
 
     def new_run(
         self,
@@ -313,11 +334,15 @@ class FlowRuns:
         flow, version = await self.flow_and_version(
             org, flow_id, options.version, "flow_id", "options.version"
         )
-        problems = check_inputs(body, version, "body") + check_overrides(
-            options.override, version, "options.override"
+        problems = (
+            check_json_size(body, "body", self._limits)
+            + check_json_size(options.override, "options.override", self._limits)
+            + check_inputs(body, version, "body")
+            + check_overrides(options.override, version, "options.override")
         )
         if problems:
             raise InvalidArgument(problems)
+        self.check_capacity(org)
         if self._evals is not None and not parent_run_id:
             await self._evals.check(org, options.eval_options)
             if run_mode(options.eval_options) != MODE_SKIP and not options.eval_options.get("runs"):
@@ -352,6 +377,13 @@ class FlowRuns:
                     "the session is waiting for input: answer it with SubmitUserInput or cancel it",
                     kind="SESSION_STATE",
                     subject=f"sessions/{session.id}",
+                )
+            if len(session.messages) + 2 > self._limits.max_messages_per_session:
+                raise ResourceExhausted(
+                    f"the session holds {len(session.messages)} messages; a run adds 2 and the "
+                    f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
+                    subject=f"sessions/{session.id}",
+                    limit="max_messages_per_session",
                 )
             if options.no_wait and (state.lock.locked() or self._engine.active_run_ids(session.id)):
                 raise Aborted("the session is running another run and options.no_wait is set")
@@ -418,9 +450,20 @@ class FlowRuns:
             fresh = await self._runs.get_run(run.organisation_id, run.id)
             return fresh is None or not fresh.status.active
 
+        self.check_subscribers(run.session_id)
         return follow(
             self._runs, self._hub, run.session_id, after_seq, run_id=run.id, stopped=stopped
         )
+
+    def check_subscribers(self, session_id: str) -> None:
+        count = self._hub.subscriber_count(session_id)
+        if count >= self._limits.max_subscribers_per_session:
+            raise ResourceExhausted(
+                f"the session has {count} subscribers; the limit is "
+                f"{self._limits.max_subscribers_per_session} (max_subscribers_per_session)",
+                subject=f"sessions/{session_id}",
+                limit="max_subscribers_per_session",
+            )
 
     async def watch_run(self, org: str, run_id: str, after_seq: int) -> AsyncIterator[RunEvent]:
         run = await self.get_run(org, run_id, "run_id")

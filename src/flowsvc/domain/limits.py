@@ -17,3 +17,8 @@ class Limits:
     max_page_size: int = 100
     default_page_size: int = 20
     max_session_name_chars: int = 40
+    max_json_bytes: int = 262_144  # inputs, body, variables, override: each, encoded
+    max_messages_per_session: int = 1000
+    max_active_runs_per_org: int = 200
+    max_subscribers_per_session: int = 500
+    max_user_input_chars: int = 100_000

@@ -17,6 +17,7 @@ from flowsvc.domain.flow_runs import (
     NewSession,
     RunOptions,
     check_inputs,
+    check_json_size,
 )
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
 from flowsvc.domain.hub import Hub
@@ -73,6 +74,13 @@ class Sessions:
                     "expiration_seconds", f"must be between {MIN_EXPIRATION} and {MAX_EXPIRATION}"
                 )
             )
+        if len(spec.messages) > self._limits.max_messages_per_session:
+            problems.append(
+                FieldViolation(
+                    "messages", f"at most {self._limits.max_messages_per_session} messages"
+                )
+            )
+        problems += check_json_size(spec.variables, "variables", self._limits)
         for i, message in enumerate(spec.messages):
             if message.role not in MESSAGE_ROLES:
                 problems.append(
@@ -133,9 +141,12 @@ class Sessions:
         flow, version = await self._flow_runs.flow_and_version(
             org, flow_id, version_number, "live_flow_id", "version"
         )
-        problems = check_inputs(inputs, version, "inputs")
+        problems = check_json_size(inputs, "inputs", self._limits) + check_inputs(
+            inputs, version, "inputs"
+        )
         if problems:
             raise InvalidArgument(problems)
+        self._flow_runs.check_capacity(org)
         session = self._flow_runs.new_session(org, flow, version, inputs, spec)
         state = self._engine.adopt_session(session)
         run = self._flow_runs.new_run(org, flow.id, session.id, version, inputs, RunOptions(), "")
@@ -177,6 +188,10 @@ class Sessions:
         require_id("session_id", session_id, "session")
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        if len(answer) > self._limits.max_user_input_chars:
+            raise InvalidArgument.one(
+                "user_input", f"at most {self._limits.max_user_input_chars} characters"
+            )
         async with self._engine.session_state(org, session_id) as state:
             run_id = await self._engine.submit_input(state, answer, step_id, request_id)
         if wait:
@@ -211,6 +226,7 @@ class Sessions:
             raise InvalidArgument.one("after_seq", "must not be negative")
         if await self._store.get_session(org, session_id) is None:
             raise NotFound("session", session_id)
+        self._flow_runs.check_subscribers(session_id)
 
         async def ended() -> bool:
             session = await self._store.get_session(org, session_id)

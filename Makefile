@@ -37,6 +37,9 @@ proto: install
 	  --python_out=generated --grpc_python_out=generated \
 	  --mypy_out=generated --mypy_grpc_out=generated $(PROTOS)
 
+fuzz: install
+	FLOWSVC_FUZZ_EXAMPLES=$${FLOWSVC_FUZZ_EXAMPLES:-2000} $(PY) -m pytest tests/test_bad_input.py
+
 lint: install $(BUF)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy src

@@ -10,6 +10,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowsvc.domain import evals, model, runs
+from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.flow_runs import RunOptions
 from flowsvc.domain.ids import new_id
 from flowsvc.v1 import resources_pb2 as pb
@@ -218,8 +219,15 @@ def dict_to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
     return out
 
 
-def message_from_pb(m: pb.Message) -> runs.Message:
-    date = m.date.ToDatetime(tzinfo=UTC) if m.HasField("date") else datetime.now(UTC)
+def datetime_from_pb(value: Timestamp, field: str) -> datetime:
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidArgument.one(field, f"not a valid timestamp: {exc}") from None
+
+
+def message_from_pb(m: pb.Message, field: str) -> runs.Message:
+    date = datetime_from_pb(m.date, f"{field}.date") if m.HasField("date") else datetime.now(UTC)
     return runs.Message(id=m.id or new_id(), date=date, role=m.role, content=m.content)
 
 

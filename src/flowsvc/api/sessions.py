@@ -42,7 +42,7 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
             if request.HasField("expiration_seconds")
             else None,
             variables=struct_to_dict(request.variables),
-            messages=[message_from_pb(m) for m in request.messages],
+            messages=[message_from_pb(m, f"messages[{i}]") for i, m in enumerate(request.messages)],
             customer=customer_from_pb(request.customer) if request.HasField("customer") else None,
             request_id=request.request_id,
         )

@@ -1,0 +1,272 @@
+"""The bad-input campaign: generated malformed, oversized, deeply nested, wrong and boundary
+requests for every RPC. Each answer is a documented code (never INTERNAL or UNKNOWN), the server
+stays SERVING, and a refused request leaves the store as it was. A fixed seed runs in `make
+test`; `make fuzz` runs many more examples (FLOWSVC_FUZZ_EXAMPLES)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowsvc.v1 import live_flow_service_pb2 as lf
+from tests.conftest import Deployment
+from tests.graphs import create_request, edge, linear, step, with_input
+from tests.harness import bearer, connect
+from tests.rpc_catalog import FieldDescriptor, Rpc, all_rpcs, invoke
+
+EXAMPLES = int(os.environ.get("FLOWSVC_FUZZ_EXAMPLES", "25"))
+DOCUMENTED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    # The campaign reads streams for a bounded time: its own deadline ends the ones that follow.
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Rows a refused request must not change. Sessions and runs are left out: evaluation jobs of
+# earlier accepted requests may still be adding theirs in the background.
+WATCHED_TABLES = ("live_flows", "flow_versions", "api_keys", "eval_jobs")
+KNOWN_IDS: list[str] = []
+
+nasty_text = st.one_of(
+    st.text(max_size=50),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=300),
+    st.sampled_from(
+        [
+            "${${x}}",
+            "${",
+            "$${inputs.x}",
+            "\x00\x01\x7f",
+            "../../etc/passwd",
+            "' OR 1=1 --",
+            "step.result",
+            "🙂" * 50,
+            "a" * 5000,
+            "${start.result}",
+            "${inputs.q}",
+        ]
+    ),
+)
+ints = st.one_of(
+    st.integers(-3, 3), st.sampled_from([-(2**31), 2**31 - 1, 60, 59, 2592000, 2592001, 1000])
+)
+json_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), nasty_text
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(nasty_text, children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def ids() -> st.SearchStrategy[str]:
+    return st.one_of(nasty_text, st.sampled_from(KNOWN_IDS or ["x"]), st.uuids().map(str))
+
+
+def message(descriptor: Any, depth: int = 0) -> st.SearchStrategy[Any]:
+    """Any instance of the message type: fields set at random, nesting to depth 3."""
+    from google.protobuf import symbol_database
+
+    cls = symbol_database.Default().GetSymbol(descriptor.full_name)
+    if descriptor.full_name == "google.protobuf.Struct":
+        return st.dictionaries(nasty_text, json_values, max_size=5).map(_struct)
+    if descriptor.full_name in ("google.protobuf.Value", "google.protobuf.ListValue") or depth > 3:
+        return st.just(cls())
+    fields = {f.name: _field(f, depth) for f in descriptor.fields}
+
+    @st.composite
+    def build(draw: Any) -> Any:
+        out = cls()
+        for name, strategy in fields.items():
+            if draw(st.booleans()):
+                value = draw(strategy)
+                f = descriptor.fields_by_name[name]
+                if f.is_repeated:
+                    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+                        getattr(out, name).update(value)
+                    elif f.message_type is not None:
+                        getattr(out, name).extend(value)
+                    else:
+                        getattr(out, name).extend(value)
+                elif f.message_type is not None:
+                    getattr(out, name).CopyFrom(value)
+                else:
+                    setattr(out, name, value)
+        return out
+
+    return build()
+
+
+def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(d)
+    return s
+
+
+def _scalar(f: Any) -> st.SearchStrategy[Any]:
+    t = f.type
+    if t == FieldDescriptor.TYPE_STRING:
+        return ids() if f.name.endswith("id") else nasty_text
+    if t in (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64):
+        return ints
+    if t == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if t == FieldDescriptor.TYPE_DOUBLE:
+        return st.floats(allow_nan=True, allow_infinity=True)
+    if t == FieldDescriptor.TYPE_ENUM:
+        return st.integers(-1, 12)
+    return st.just(f.default_value)
+
+
+def _field(f: Any, depth: int) -> st.SearchStrategy[Any]:
+    if f.message_type is not None and f.message_type.GetOptions().map_entry:
+        return st.dictionaries(nasty_text, nasty_text, max_size=3)
+    inner = message(f.message_type, depth + 1) if f.message_type is not None else _scalar(f)
+    if f.is_repeated:
+        return st.lists(inner, max_size=4)
+    return inner
+
+
+def counts(deployment: Deployment) -> dict[str, int]:
+    path = deployment.database_url.split("///", 1)[1]
+    with sqlite3.connect(path) as db:
+        return {t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in WATCHED_TABLES}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def seeded(deployment: Deployment) -> None:
+    c = connect(deployment.address, bearer(deployment.acme_key))
+    for graph in (None, with_input()):
+        flow = c.flows.CreateLiveFlow(create_request(graph=graph))
+        KNOWN_IDS.extend([flow.id, flow.current_version.id])
+    c.close()
+
+
+@pytest.mark.parametrize("rpc", all_rpcs(), ids=lambda r: r.name)
+def test_generated_requests_get_documented_answers(deployment: Deployment, rpc: Rpc) -> None:
+    channel = grpc.insecure_channel(deployment.address)
+    metadata = bearer(deployment.acme_key)
+
+    @settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(request=message(rpc.request.DESCRIPTOR))
+    def check(request: Any) -> None:
+        before = counts(deployment)
+        code = invoke(channel, rpc, request, metadata, timeout=2)
+        assert code in DOCUMENTED, f"{rpc.name} answered {code} to {request}"
+        if code != grpc.StatusCode.OK and code != grpc.StatusCode.DEADLINE_EXCEEDED:
+            assert counts(deployment) == before, f"refused {rpc.name} changed the store"
+
+    try:
+        check()
+    finally:
+        channel.close()
+
+
+def test_server_is_still_serving_after_the_campaign(deployment: Deployment) -> None:
+    with grpc.insecure_channel(deployment.address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+HOSTILE_GRAPHS = {
+    "self_loop": (
+        [step("start", "START"), step("a", "LLM", "x"), step("end", "END", "y")],
+        [edge("start", "a"), edge("a", "a"), edge("a", "end")],
+    ),
+    "cycle_without_end": (
+        [
+            step("start", "START"),
+            step("a", "LLM", "x"),
+            step("b", "LLM", "y"),
+            step("end", "END", "z"),
+        ],
+        [edge("start", "a"), edge("a", "b"), edge("b", "a")],
+    ),
+    "ten_thousand_steps": linear(
+        step("start", "START"),
+        *[step(f"s{i}", "LLM", "x") for i in range(10_000)],
+        step("end", "END", "y"),
+    ),
+    "huge_fan_in": (
+        [
+            step("start", "START"),
+            step("hub", "CONDITION", "${inputs.k}"),
+            *[step(f"e{i}", "END", "x") for i in range(300)],
+        ],
+        [edge("start", "hub"), *[edge("hub", f"e{i}", f"l{i}") for i in range(300)]],
+    ),
+    "control_characters": linear(
+        step("start", "START"), step("a\x00b", "LLM", "x\x00"), step("end", "END", "y")
+    ),
+    "template_injection": linear(
+        step("start", "START"),
+        step("a", "LLM", "${${inputs.q}}"),
+        step("end", "END", "${a.result}"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_GRAPHS))
+def test_hostile_graphs_are_refused_precisely(deployment: Deployment, name: str) -> None:
+    c = connect(deployment.address, bearer(deployment.acme_key))
+    before = counts(deployment)
+    try:
+        c.flows.CreateLiveFlow(create_request(graph=HOSTILE_GRAPHS[name]))
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        assert counts(deployment) == before
+    else:
+        # The huge fan-in is a legal graph (one START, every step reachable and finishing).
+        assert name == "huge_fan_in"
+    finally:
+        c.close()
+
+
+def test_unknown_enum_values_are_refused(deployment: Deployment) -> None:
+    c = connect(deployment.address, bearer(deployment.acme_key))
+    flow = c.flows.CreateLiveFlow(create_request())
+    request = lf.GetLiveFlowRequest(id=flow.id)
+    request.view = 99  # type: ignore[assignment]
+    got = c.flows.GetLiveFlow(request)  # an unknown view reads as the default (BASIC)
+    assert got.id == flow.id and not got.sessions
+    c.close()
+
+
+def test_invalid_timestamp_is_a_field_violation(deployment: Deployment) -> None:
+    """Found by the campaign: a message date with negative nanos was answered INTERNAL."""
+    from flowsvc.v1 import resources_pb2 as pb
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.errors import invalid
+
+    c = connect(deployment.address, bearer(deployment.acme_key))
+    flow = c.flows.CreateLiveFlow(create_request(graph=with_input()))
+    bad = pb.Message(role="user", content="hi")
+    bad.date.nanos = -1
+    v = invalid(
+        lambda: c.sessions.CreateSession(
+            ss.CreateSessionRequest(live_flow_id=flow.id, messages=[bad])
+        )
+    )
+    assert "messages[0].date" in v
+    c.close()

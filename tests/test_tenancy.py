@@ -18,7 +18,7 @@ from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.conftest import Deployment
 from tests.graphs import create_request, linear, step, struct, with_input
-from tests.harness import Client, bearer, connect
+from tests.harness import Client, bearer
 from tests.rpc_catalog import all_rpcs, invoke
 
 NF = grpc.StatusCode.NOT_FOUND

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         try:
             asyncio.run(serve(settings))
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             print(f"flowsvc: {exc}", file=sys.stderr)
             return 1
         return 0

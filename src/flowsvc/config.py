@@ -50,6 +50,11 @@ class Settings:
     http_allow_hosts: tuple[str, ...] = ()
     http_timeout: float = 10.0
     http_max_response_bytes: int = 1_048_576
+    # TLS: certificate chain and key (PEM files) turn it on; a client CA makes it mutual TLS,
+    # where every client must present a certificate that CA signed.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
     max_request_bytes: int = 4 * 1024 * 1024
 
@@ -77,6 +82,9 @@ class Settings:
             ),
             "http_timeout": float(env.get("FLOWSVC_HTTP_TIMEOUT", "10")),
             "http_max_response_bytes": int(env.get("FLOWSVC_HTTP_MAX_RESPONSE_BYTES", "1048576")),
+            "tls_cert_file": env.get("FLOWSVC_TLS_CERT", ""),
+            "tls_key_file": env.get("FLOWSVC_TLS_KEY", ""),
+            "tls_client_ca_file": env.get("FLOWSVC_TLS_CLIENT_CA", ""),
         }
         limits = {
             f.name: int(env[f"FLOWSVC_{f.name.upper()}"])

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -156,6 +157,24 @@ def build_tools(settings: Settings) -> tuple[Providers, AllowListedHttp | None]:
     return Providers(providers), http_tool
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mutual TLS when a client CA is too."""
+    if not settings.tls_cert_file and not settings.tls_key_file:
+        if settings.tls_client_ca_file:
+            raise ValueError("FLOWSVC_TLS_CLIENT_CA needs FLOWSVC_TLS_CERT and FLOWSVC_TLS_KEY")
+        return None
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        raise ValueError("TLS needs both FLOWSVC_TLS_CERT and FLOWSVC_TLS_KEY")
+    key = Path(settings.tls_key_file).read_bytes()
+    chain = Path(settings.tls_cert_file).read_bytes()
+    client_ca = (
+        Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    )
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     """Build a server bound to settings.listen (port 0 picks a free port); not yet started."""
     database = Database(
@@ -220,7 +239,11 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     if http_tool is not None:
         closers.append(http_tool.close)
     try:
-        port = server.add_insecure_port(settings.listen)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:

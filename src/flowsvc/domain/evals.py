@@ -13,10 +13,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
-from flowsvc.domain.flows import Listed
 from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
-from flowsvc.domain.paging import Cursor, Page, next_token, parse_page
+from flowsvc.domain.paging import Listed, Page, listed, parse_page
 from flowsvc.domain.ports import FlowStore
 from flowsvc.domain.runs import FlowRun, RunStatus
 
@@ -286,10 +285,4 @@ class Evaluations:
     ) -> Listed[EvalJob]:
         page = parse_page(page_size, page_token, self._limits, "evals", org, run_id, flow_id)
         found = await self._store.list_jobs(org, run_id, flow_id, page)
-        token = ""
-        if len(found) > page.size:
-            found = found[: page.size]
-            token = next_token(
-                Cursor(found[-1].created_at, found[-1].id), "evals", org, run_id, flow_id
-            )
-        return Listed(found, token)
+        return listed(found, page, "evals", org, run_id, flow_id)

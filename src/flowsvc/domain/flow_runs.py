@@ -19,13 +19,13 @@ from flowsvc.domain.errors import (
     ResourceExhausted,
 )
 from flowsvc.domain.evals import MODE_BLOCK, MODE_SKIP, Evaluations, run_mode
-from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
+from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.idempotency import RequestClaims
 from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, LiveFlow, StepType
-from flowsvc.domain.paging import Cursor, next_token, parse_page
+from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, RunStore
 from flowsvc.domain.runs import (
     Customer,
@@ -484,13 +484,7 @@ class FlowRuns:
     ) -> Listed[FlowRun]:
         page = parse_page(page_size, page_token, self._limits, "runs", org, flow_id, session_id)
         found = await self._runs.list_runs(org, flow_id, session_id, page)
-        token = ""
-        if len(found) > page.size:
-            found = found[: page.size]
-            token = next_token(
-                Cursor(found[-1].created_at, found[-1].id), "runs", org, flow_id, session_id
-            )
-        return Listed(found, token)
+        return listed(found, page, "runs", org, flow_id, session_id)
 
     async def cancel_run(self, org: str, run_id: str) -> FlowRun:
         run = await self.get_run(org, run_id)

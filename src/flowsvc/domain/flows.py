@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
 from flowsvc.domain.graph import validate_graph
 from flowsvc.domain.ids import new_id, now, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, Graph, LiveFlow, Step, Transition
-from flowsvc.domain.paging import Cursor, Page, next_token, parse_page
+from flowsvc.domain.paging import Listed, Page, listed, parse_page
 from flowsvc.domain.ports import FlowStore, RunStore
 
 UPDATABLE_FIELDS = ("name", "description", "auto_eval_flow_ids")
 MAX_REQUEST_ID_CHARS = 128
-
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Listed(Generic[T]):
-    items: list[T]
-    next_page_token: str
 
 
 RECENT_SESSIONS = 10
@@ -119,12 +109,7 @@ class FlowCatalog:
 
     async def list_flows(self, org: str, page_size: int, page_token: str) -> Listed[LiveFlow]:
         page = parse_page(page_size, page_token, self._limits, "flows", org)
-        flows = await self._store.list_flows(org, page)
-        token = ""
-        if len(flows) > page.size:
-            flows = flows[: page.size]
-            token = next_token(Cursor(flows[-1].created_at, flows[-1].id), "flows", org)
-        return Listed(flows, token)
+        return listed(await self._store.list_flows(org, page), page, "flows", org)
 
     async def update_flow(
         self, org: str, flow_id: str, values: dict[str, Any], mask: Sequence[str]
@@ -188,10 +173,5 @@ class FlowCatalog:
         page = parse_page(page_size, page_token, self._limits, "versions", org, flow_id)
         if await self._store.get_flow(org, flow_id) is None:
             raise NotFound("live flow", flow_id)
-        versions = await self._store.list_versions(org, flow_id, page)
-        token = ""
-        if len(versions) > page.size:
-            versions = versions[: page.size]
-            last = versions[-1]
-            token = next_token(Cursor(last.created_at, last.id), "versions", org, flow_id)
-        return Listed(versions, token)
+        found = await self._store.list_versions(org, flow_id, page)
+        return listed(found, page, "versions", org, flow_id)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, Protocol, TypeVar
 
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.limits import Limits
@@ -53,3 +55,28 @@ def parse_page(page_size: int, page_token: str, limits: Limits, *filters: str) -
 def next_token(last: Cursor, *filters: str) -> str:
     raw = json.dumps({"t": last.created_at.isoformat(), "i": last.id, "f": _fingerprint(filters)})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+class Listable(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+T = TypeVar("T", bound=Listable)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed(Generic[T]):
+    items: list[T]
+    next_page_token: str
+
+
+def listed(found: Sequence[T], page: Page, *filters: str) -> Listed[T]:
+    """One page of what a store returned (it fetches page.size + 1 to show there is more)."""
+    if len(found) <= page.size:
+        return Listed(list(found), "")
+    items = list(found[: page.size])
+    return Listed(items, next_token(Cursor(items[-1].created_at, items[-1].id), *filters))

@@ -19,12 +19,12 @@ from flowsvc.domain.flow_runs import (
     check_inputs,
     check_json_size,
 )
-from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS, Listed
+from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.ids import require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion
-from flowsvc.domain.paging import Cursor, next_token, parse_page
+from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, RunStore
 from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
 from flowsvc.domain.watch import follow
@@ -174,13 +174,7 @@ class Sessions:
     ) -> Listed[Session]:
         page = parse_page(page_size, page_token, self._limits, "sessions", org, flow_id, status)
         found = await self._store.list_sessions(org, flow_id, status, page)
-        token = ""
-        if len(found) > page.size:
-            found = found[: page.size]
-            token = next_token(
-                Cursor(found[-1].created_at, found[-1].id), "sessions", org, flow_id, status
-            )
-        return Listed(found, token)
+        return listed(found, page, "sessions", org, flow_id, status)
 
     async def submit_input(
         self, org: str, session_id: str, answer: str, step_id: str, request_id: str, wait: bool

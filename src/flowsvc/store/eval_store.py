@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
-
 from sqlalchemy import select, tuple_, update
 
-from flowsvc.domain.evals import EvalJob, EvalJobStatus, EvalResult
+from flowsvc.domain.evals import EvalJob, EvalJobStatus
 from flowsvc.domain.paging import Page
 from flowsvc.store.database import Database
+from flowsvc.store.run_codec import eval_job_from, eval_job_row
 from flowsvc.store.tables import EvalJobRow
 
 jobs = EvalJobRow.__table__  # type: ignore[attr-defined]
-
-
-def _row(job: EvalJob) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "organisation_id": job.organisation_id,
-        "run_id": job.run_id,
-        "flow_id": job.flow_id,
-        "status": job.status.value,
-        "results": [asdict(r) for r in job.results],
-        "created_at": job.created_at,
-        "finished_at": job.finished_at,
-    }
-
-
-def _job(row: Any) -> EvalJob:
-    return EvalJob(
-        id=row.id,
-        organisation_id=row.organisation_id,
-        run_id=row.run_id,
-        flow_id=row.flow_id,
-        status=EvalJobStatus(row.status),
-        created_at=row.created_at,
-        results=[EvalResult(**r) for r in row.results],
-        finished_at=row.finished_at,
-    )
 
 
 class SqlEvalStore:
@@ -46,7 +18,7 @@ class SqlEvalStore:
         self.db = db
 
     async def save_job(self, job: EvalJob, *, new: bool) -> None:
-        values = _row(job)
+        values = eval_job_row(job)
         async with self.db.write() as conn:
             if new:
                 await conn.execute(jobs.insert().values(**values))
@@ -60,7 +32,7 @@ class SqlEvalStore:
                     select(jobs).where(jobs.c.id == job_id, jobs.c.organisation_id == org)
                 )
             ).first()
-        return None if row is None else _job(row)
+        return None if row is None else eval_job_from(row)
 
     async def list_jobs(self, org: str, run_id: str, flow_id: str, page: Page) -> list[EvalJob]:
         query = select(jobs).where(jobs.c.organisation_id == org)
@@ -75,7 +47,7 @@ class SqlEvalStore:
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(page.size + 1)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
-        return [_job(r) for r in rows]
+        return [eval_job_from(r) for r in rows]
 
     async def unfinished_jobs(self) -> list[EvalJob]:
         async with self.db.read() as conn:
@@ -88,4 +60,4 @@ class SqlEvalStore:
                     .order_by(jobs.c.created_at)
                 )
             ).all()
-        return [_job(r) for r in rows]
+        return [eval_job_from(r) for r in rows]

@@ -305,7 +305,7 @@ def version_ids_in(payload: dict[str, Any]) -> set[str]:
     return ids
 
 
-def eval_job_json(job: EvalJob) -> dict[str, Any]:
+def eval_job_row(job: EvalJob) -> dict[str, Any]:
     return {
         "id": job.id,
         "organisation_id": job.organisation_id,
@@ -313,19 +313,32 @@ def eval_job_json(job: EvalJob) -> dict[str, Any]:
         "flow_id": job.flow_id,
         "status": job.status.value,
         "results": [asdict(r) for r in job.results],
-        "created_at": _iso(job.created_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
     }
 
 
-def eval_job_from(d: dict[str, Any]) -> EvalJob:
+def eval_job_json(job: EvalJob) -> dict[str, Any]:
+    row = eval_job_row(job)
+    row["created_at"] = _iso(job.created_at)
+    row["finished_at"] = _iso(job.finished_at)
+    return row
+
+
+def eval_job_from(d: Any) -> EvalJob:
+    """From a table row or from its JSON form inside an event payload."""
+    data = d if isinstance(d, dict) else d._mapping
+
+    def when(value: Any) -> datetime | None:
+        return _when(value) if isinstance(value, str) or value is None else value
+
     return EvalJob(
-        id=d["id"],
-        organisation_id=d["organisation_id"],
-        run_id=d["run_id"],
-        flow_id=d["flow_id"],
-        status=EvalJobStatus(d["status"]),
-        created_at=_when(d["created_at"]) or datetime.min,
-        results=[EvalResult(**r) for r in d["results"]],
-        finished_at=_when(d["finished_at"]),
+        id=data["id"],
+        organisation_id=data["organisation_id"],
+        run_id=data["run_id"],
+        flow_id=data["flow_id"],
+        status=EvalJobStatus(data["status"]),
+        created_at=when(data["created_at"]) or datetime.min,
+        results=[EvalResult(**r) for r in data["results"]],
+        finished_at=when(data["finished_at"]),
     )

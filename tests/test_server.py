@@ -147,3 +147,34 @@ def test_log_lines_are_json(tmp_path: Path) -> None:
     server.wait()
     lines = [ln for ln in (tmp_path / "server.log").read_text().splitlines() if ln.strip()]
     assert lines and all(isinstance(json.loads(ln), dict) for ln in lines)
+
+
+def test_a_read_never_waits_on_a_second_pooled_connection(tmp_path: Path) -> None:
+    """Found by W4: a read that loaded a flow version on a second pooled connection while
+    holding one waited on itself once the pool was full. With one pooled connection and
+    nothing cached, the first GetSession shows it."""
+    from flowsvc.config import Settings
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.graphs import struct
+    from tests.harness import InProcessServer
+
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    first = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url))
+    c = connect(first.address, bearer(key))
+    run = c.runs.RunFlow(
+        fr.RunFlowRequest(
+            flow_id=c.flows.CreateLiveFlow(create_request()).id, body=struct(question="q")
+        )
+    )
+    c.close()
+    first.stop()
+    second = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url, read_pool_size=1))
+    try:
+        c = connect(second.address, bearer(key))
+        session = c.sessions.GetSession(ss.GetSessionRequest(id=run.session_id), timeout=10)
+        assert session.steps_count == 5
+        c.close()
+    finally:
+        second.stop()

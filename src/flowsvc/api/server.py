@@ -180,6 +180,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     database = Database(
         normalize_database_url(settings.database_url),
         sqlite_synchronous=settings.sqlite_synchronous,
+        read_pool_size=settings.read_pool_size,
     )
     await database.migrate()
     store = SqlStore(database)

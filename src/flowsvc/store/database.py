@@ -61,7 +61,9 @@ def _run_migrations(connection: Connection) -> None:
 class Database:
     """One writer connection behind a lock (SQLite has one writer anyway) and a reader pool."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, url: str, *, sqlite_synchronous: str = "NORMAL", read_pool_size: int = 8
+    ) -> None:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
@@ -72,7 +74,11 @@ class Database:
             # A fixed pool: opening a connection costs a thread and a file open, so callers
             # queue for one rather than open extras under load.
             self.reader = create_async_engine(
-                url, pool_size=8, max_overflow=0, pool_reset_on_return=None, **JSON_OPTIONS
+                url,
+                pool_size=read_pool_size,
+                max_overflow=0,
+                pool_reset_on_return=None,
+                **JSON_OPTIONS,
             )
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
             _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)

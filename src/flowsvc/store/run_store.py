@@ -240,8 +240,8 @@ class SqlRunStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def _step_lookup(self, version_ids: set[str]) -> Any:
-        loaded = await self._flows.load_versions(version_ids)
+    async def _step_lookup(self, version_ids: set[str], conn: AsyncConnection | None = None) -> Any:
+        loaded = await self._flows.load_versions(version_ids, conn)
         index = {(vid, s.id): s for vid, version in loaded.items() for s in version.graph.steps}
 
         def lookup(version_id: str, step_id: str) -> Step:
@@ -251,7 +251,7 @@ class SqlRunStore:
 
     async def _steps(self, conn: AsyncConnection, query: Select[Any]) -> list[SessionStep]:
         rows = (await conn.execute(query)).all()
-        lookup = await self._step_lookup({r.flow_version_id for r in rows})
+        lookup = await self._step_lookup({r.flow_version_id for r in rows}, conn)
         return [step_from(r, lookup) for r in rows]
 
     async def _one_session(self, query: Select[Any]) -> Session | None:

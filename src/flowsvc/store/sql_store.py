@@ -260,12 +260,21 @@ class SqlStore:
             )
         )
 
-    async def load_versions(self, version_ids: set[str]) -> dict[str, FlowVersion]:
+    async def load_versions(
+        self, version_ids: set[str], conn: AsyncConnection | None = None
+    ) -> dict[str, FlowVersion]:
+        """With `conn`, on that connection: a caller holding a pooled connection must not wait
+        for a second one (a full pool would wait on itself)."""
         missing = [v for v in version_ids if v not in self._versions]
         if missing:
-            async with self.db.read() as conn:
-                for row in await conn.execute(select(versions).where(versions.c.id.in_(missing))):
-                    self._versions.setdefault(row.id, _version(row))
+            query = select(versions).where(versions.c.id.in_(missing))
+            if conn is not None:
+                rows = (await conn.execute(query)).all()
+            else:
+                async with self.db.read() as own:
+                    rows = (await own.execute(query)).all()
+            for row in rows:
+                self._versions.setdefault(row.id, _version(row))
         return {v: self._versions[v] for v in version_ids if v in self._versions}
 
     def cached_version(self, version_id: str) -> FlowVersion | None:

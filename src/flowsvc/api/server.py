@@ -16,8 +16,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
-from flowsvc.adapters.http_tool import AllowListedHttp
-from flowsvc.adapters.openai_provider import OpenAICompatible
 from flowsvc.api.evals import EvalServicer
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
@@ -33,6 +31,7 @@ from flowsvc.domain.keys import Keys
 from flowsvc.domain.pricing import Price, PriceTable
 from flowsvc.domain.providers import EchoProvider, ModelProvider, Providers
 from flowsvc.domain.sessions import Sessions
+from flowsvc.domain.tools import HttpTool
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.run_store import SqlRunStore
@@ -128,10 +127,14 @@ class FlowServer:
         await self.grpc_server.wait_for_termination()
 
 
-def build_tools(settings: Settings) -> tuple[Providers, AllowListedHttp | None]:
+def build_tools(
+    settings: Settings,
+) -> tuple[Providers, list[Callable[[], Awaitable[None]]], HttpTool | None]:
     """Model providers and the HTTP tool from settings: built-in echo, OpenAI-compatible
-    endpoints by name, and HTTP steps only when hosts are allowed."""
+    endpoints by name, and HTTP steps only when hosts are allowed. The SDKs are imported only
+    when configured (they cost start time and memory)."""
     providers: dict[str, ModelProvider] = {"builtin": EchoProvider()}
+    closers: list[Callable[[], Awaitable[None]]] = []
     endpoints = dict(settings.model_endpoints)
     if settings.openai_base_url or settings.openai_api_key:
         endpoints["openai"] = {
@@ -139,22 +142,30 @@ def build_tools(settings: Settings) -> tuple[Providers, AllowListedHttp | None]:
             "api_key": settings.openai_api_key,
         }
     for name, endpoint in endpoints.items():
+        from flowsvc.adapters.openai_provider import OpenAICompatible
+
         key = endpoint.get("api_key") or os.environ.get(endpoint.get("api_key_env", ""), "")
-        providers[name] = OpenAICompatible(
+        provider = OpenAICompatible(
             name,
             endpoint.get("base_url") or "https://api.openai.com/v1",
             key,
             timeout=settings.model_timeout,
             max_retries=settings.model_max_retries,
         )
+        providers[name] = provider
+        closers.append(provider.close)
     http_tool = None
     if settings.http_allow_hosts:
-        http_tool = AllowListedHttp(
+        from flowsvc.adapters.http_tool import AllowListedHttp
+
+        allowed = AllowListedHttp(
             settings.http_allow_hosts,
             timeout=settings.http_timeout,
             max_response_bytes=settings.http_max_response_bytes,
         )
-    return Providers(providers), http_tool
+        closers.append(allowed.close)
+        http_tool = allowed
+    return Providers(providers), closers, http_tool
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -188,7 +199,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     keys = Keys(store)
     catalog = FlowCatalog(store, settings.limits, run_store)
     hub = Hub(settings.subscriber_queue)
-    providers, http_tool = build_tools(settings)
+    providers, closers, http_tool = build_tools(settings)
     engine = Engine(
         run_store,
         store,
@@ -234,11 +245,6 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    closers: list[Callable[[], Awaitable[None]]] = [
-        p.close for p in providers.by_prefix.values() if isinstance(p, OpenAICompatible)
-    ]
-    if http_tool is not None:
-        closers.append(http_tool.close)
     try:
         credentials = server_credentials(settings)
         if credentials is None:

@@ -12,7 +12,8 @@ import grpc
 
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
-from tests.graphs import create_request, long_chain
+from tests.fake_openai import FakeOpenAI
+from tests.graphs import create_request, linear, long_chain, step
 from tests.harness import ChildServer, bearer, connect, mint_key, sqlite_url, wait_until
 
 CHAIN = 450
@@ -34,11 +35,25 @@ def _events(client, session_id: str, until_seq: int) -> list[pb.RunEvent]:  # ty
 
 
 def test_killed_server_resumes_every_acknowledged_run(tmp_path: Path) -> None:
+    fake = FakeOpenAI()
+    env = {"FLOWSVC_OPENAI_BASE_URL": f"{fake.url}/v1"}
     url = sqlite_url(tmp_path / "db.sqlite")
     key = mint_key(url, "acme")
-    first = ChildServer(url, tmp_path / "first.log")
+    first = ChildServer(url, tmp_path / "first.log", extra_env=env)
     c = connect(first.address, bearer(key))
     flow = c.flows.CreateLiveFlow(create_request(graph=long_chain(CHAIN)))
+    # One run is surely mid-flight at the kill: its model call takes 5 s.
+    slow = c.flows.CreateLiveFlow(
+        create_request(
+            graph=linear(
+                step("start", "START"),
+                step("think", "LLM", "slowly", llm=pb.LlmConfig(model="openai/slow")),
+                step("end", "END", "${think.result}"),
+            )
+        )
+    )
+    slow_session = c.sessions.CreateSession(ss.CreateSessionRequest(live_flow_id=slow.id)).id
+    wait_until(lambda: fake.attempts["slow"] > 0, timeout=30)
     acknowledged: list[str] = []
     lock = threading.Lock()
 
@@ -58,9 +73,23 @@ def test_killed_server_resumes_every_acknowledged_run(tmp_path: Path) -> None:
     c.close()
     assert len(acknowledged) >= KILL_AFTER_ACKS
 
-    second = ChildServer(url, tmp_path / "second.log")
+    second = ChildServer(url, tmp_path / "second.log", extra_env=env)
     try:
         c = connect(second.address, bearer(key))
+        wait_until(
+            lambda: (
+                c.sessions.GetSession(ss.GetSessionRequest(id=slow_session)).status
+                == pb.SESSION_STATUS_COMPLETED
+            ),
+            timeout=60,
+        )
+        slow_steps = c.sessions.GetSession(ss.GetSessionRequest(id=slow_session)).steps
+        assert [(s.step.name, s.status) for s in slow_steps] == [
+            ("start", pb.STEP_STATUS_COMPLETED),
+            ("think", pb.STEP_STATUS_COMPLETED),
+            ("end", pb.STEP_STATUS_COMPLETED),
+        ]
+        assert slow_steps[1].result == "slowly"
 
         def all_done() -> bool:
             return all(
@@ -90,6 +119,7 @@ def test_killed_server_resumes_every_acknowledged_run(tmp_path: Path) -> None:
     finally:
         second.signal(signal.SIGTERM)
         assert second.wait() == 0
+        fake.close()
     resumed = [
         line for line in (tmp_path / "second.log").read_text().splitlines() if "resumed" in line
     ]

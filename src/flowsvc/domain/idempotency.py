@@ -15,11 +15,19 @@ class Claim:
         self.future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def resolve(self, ident: str, committed: asyncio.Future[None]) -> None:
-        """The request made `ident`; once that is committed the store answers retries."""
+        """The request made `ident`. The answer stays here for later retries too: a retry whose
+        store lookup began before that commit would not see it there."""
         self.future.set_result(ident)
-        committed.add_done_callback(lambda _: self.release())
+
+        def forget_if_lost(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self.release()
+
+        committed.add_done_callback(forget_if_lost)
+        self._claims.remember(self._key, self.future)
 
     def release(self) -> None:
+        """The request made nothing that lasts: retries start afresh."""
         if self._claims.inflight.get(self._key) is self.future:
             del self._claims.inflight[self._key]
         if not self.future.done():
@@ -27,9 +35,21 @@ class Claim:
             self.future.exception()  # retrieved: waiters retry on their own
 
 
+# Answers kept in memory; older ones are found in the store.
+REMEMBERED = 50_000
+
+
 class RequestClaims:
     def __init__(self) -> None:
         self.inflight: dict[Hashable, asyncio.Future[str]] = {}
+
+    def remember(self, key: Hashable, answer: asyncio.Future[str]) -> None:
+        self.inflight[key] = answer
+        while len(self.inflight) > REMEMBERED:
+            oldest = next(iter(self.inflight))
+            if not self.inflight[oldest].done():
+                break
+            del self.inflight[oldest]
 
     async def claim(
         self, key: Hashable, lookup: Callable[[], Awaitable[str | None]]

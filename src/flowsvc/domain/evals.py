@@ -223,9 +223,15 @@ class Evaluations:
         from flowsvc.domain.flow_runs import RunOptions
 
         try:
+            evaluated = None
             if result.eval_run_id:
-                evaluated = await self._runs.finished_by_id(job.organisation_id, result.eval_run_id)
-            else:
+                try:
+                    evaluated = await self._runs.finished_by_id(
+                        job.organisation_id, result.eval_run_id
+                    )
+                except NotFound:
+                    evaluated = None  # never committed before a crash: run it again
+            if evaluated is None:
                 body = {
                     "input": run.body,
                     "output": run.response,
@@ -239,6 +245,8 @@ class Evaluations:
                     RunOptions(eval_options={"run_mode": MODE_SKIP}),
                     parent_run_id=run.id,
                 )
+                if started.committed is not None:
+                    await started.committed  # the job names only runs that exist
                 result.eval_run_id = started.run.id
                 await self._store.save_job(job, new=False)
                 evaluated = await self._runs.finished(started)

@@ -528,3 +528,17 @@ def test_other_organisation_cannot_touch_runs_or_sessions(
         client.runs.GetFlowRun(fr.GetFlowRunRequest(id=waiting.id)).status
         == pb.RUN_STATUS_WAITING_FOR_INPUT
     )
+
+
+def test_deleting_a_flow_deletes_its_sessions_and_runs(client: Client) -> None:
+    flow = make_flow(client)
+    r = run(client, flow)
+    client.flows.DeleteLiveFlow(lf.DeleteLiveFlowRequest(id=flow.id))
+    rpc_error(
+        lambda: client.sessions.GetSession(ss.GetSessionRequest(id=r.session_id)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    rpc_error(
+        lambda: client.runs.GetFlowRun(fr.GetFlowRunRequest(id=r.id)), grpc.StatusCode.NOT_FOUND
+    )
+    assert list(client.runs.ListFlowRuns(fr.ListFlowRunsRequest(flow_id=flow.id)).flow_runs) == []

@@ -18,11 +18,25 @@ from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
 from flowsvc.domain.paging import Page
 from flowsvc.store.database import Database
 from flowsvc.store.graph_codec import graph_from_json, graph_to_json
-from flowsvc.store.tables import ApiKeyRow, FlowVersionRow, LiveFlowRow
+from flowsvc.store.tables import (
+    ApiKeyRow,
+    EvalJobRow,
+    FlowRunRow,
+    FlowVersionRow,
+    LiveFlowRow,
+    RunEventRow,
+    SessionRow,
+    SessionStepRow,
+)
 
 FLOW_CACHE_SECONDS = 1.0
 FLOW_CACHE_ENTRIES = 10_000
 
+sessions_table = SessionRow.__table__  # type: ignore[attr-defined]
+steps_table = SessionStepRow.__table__  # type: ignore[attr-defined]
+events_table = RunEventRow.__table__  # type: ignore[attr-defined]
+runs_table = FlowRunRow.__table__  # type: ignore[attr-defined]
+jobs_table = EvalJobRow.__table__  # type: ignore[attr-defined]
 flows = LiveFlowRow.__table__  # type: ignore[attr-defined]
 versions = FlowVersionRow.__table__  # type: ignore[attr-defined]
 api_keys = ApiKeyRow.__table__  # type: ignore[attr-defined]
@@ -190,14 +204,22 @@ class SqlStore:
     async def delete_flow(self, org: str, flow_id: str) -> bool:
         self._flows.pop(flow_id, None)
         async with self.db.write() as conn:
-            await conn.execute(
-                delete(versions).where(
-                    versions.c.flow_id == flow_id, versions.c.organisation_id == org
-                )
-            )
             result = await conn.execute(
                 delete(flows).where(flows.c.id == flow_id, flows.c.organisation_id == org)
             )
+            if not result.rowcount:
+                return False
+            # The flow goes with its versions, its sessions (their steps, runs and events)
+            # and its evaluation jobs.
+            of_flow = select(sessions_table.c.id).where(sessions_table.c.live_flow_id == flow_id)
+            for child in (events_table, steps_table):
+                await conn.execute(delete(child).where(child.c.session_id.in_(of_flow)))
+            await conn.execute(delete(runs_table).where(runs_table.c.flow_id == flow_id))
+            await conn.execute(delete(jobs_table).where(jobs_table.c.flow_id == flow_id))
+            await conn.execute(
+                delete(sessions_table).where(sessions_table.c.live_flow_id == flow_id)
+            )
+            await conn.execute(delete(versions).where(versions.c.flow_id == flow_id))
         self._flows.pop(flow_id, None)
         for stale in [k for k, v in self._versions.items() if v.flow_id == flow_id]:
             del self._versions[stale]

@@ -300,3 +300,27 @@ def test_http_redirect_to_a_host_not_allowed_is_refused(models: Models) -> None:
         ),
     )
     assert r.status == pb.RUN_STATUS_ERROR and "allow-list" in r.error
+
+
+def test_cancel_stops_the_step_in_flight(models: Models) -> None:
+    """Cancel is real: the run waiting on a slow model is stopped, not waited for."""
+    import threading
+
+    flow = llm_flow(models, "openai/slow")
+    before = models.fake.attempts["slow"]
+    result: list[pb.FlowRun] = []
+    caller = threading.Thread(target=lambda: result.append(run(models, flow)))
+    caller.start()
+    from tests.harness import wait_until
+
+    wait_until(lambda: models.fake.attempts["slow"] > before, timeout=30)
+    listed = models.client.runs.ListFlowRuns(fr.ListFlowRunsRequest(flow_id=flow.id))
+    (running,) = listed.flow_runs
+    cancelled = models.client.runs.CancelFlowRun(fr.CancelFlowRunRequest(id=running.id))
+    assert cancelled.status == pb.RUN_STATUS_CANCELLED
+    ask = next(s for s in cancelled.ai_message.steps if s.step.name == "ask")
+    assert ask.status == pb.STEP_STATUS_CANCELLED
+    caller.join(timeout=30)
+    assert result and result[0].status == pb.RUN_STATUS_CANCELLED
+    events = list(models.client.runs.WatchRun(fr.WatchRunRequest(run_id=running.id)))
+    assert events[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED

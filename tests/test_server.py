@@ -178,3 +178,41 @@ def test_a_read_never_waits_on_a_second_pooled_connection(tmp_path: Path) -> Non
         c.close()
     finally:
         second.stop()
+
+
+def test_unexpected_failure_is_internal_with_a_correlation_id_and_no_internals(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from flowsvc.config import Settings
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.graphs import struct
+    from tests.harness import InProcessServer
+
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    server = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url))
+    try:
+        c = connect(server.address, bearer(key))
+        run = c.runs.RunFlow(
+            fr.RunFlowRequest(
+                flow_id=c.flows.CreateLiveFlow(create_request()).id, body=struct(question="q")
+            )
+        )
+        # A row no version of flowsvc writes: reading it fails in a way no request can cause.
+        with sqlite3.connect(tmp_path / "db.sqlite") as db:
+            db.execute("UPDATE sessions SET status = 'BOGUS' WHERE id = ?", (run.session_id,))
+        try:
+            c.sessions.GetSession(ss.GetSessionRequest(id=run.session_id))
+        except grpc.RpcError as err:
+            assert err.code() == grpc.StatusCode.INTERNAL
+            details = err.details() or ""
+            assert "correlation id" in details
+            assert "BOGUS" not in details and "Error" not in details
+        else:
+            raise AssertionError("expected INTERNAL")
+        c.close()
+    finally:
+        server.stop()

@@ -279,3 +279,29 @@ def test_async_job_interrupted_by_sigkill_finishes_after_restart(tmp_path: Path)
         second.signal(signal.SIGTERM)
         second.wait()
     assert "resumed evaluation jobs" in (tmp_path / "second.log").read_text()
+
+
+def test_a_job_lost_between_run_and_job_is_written_on_restart(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    first = ChildServer(url, tmp_path / "first.log")
+    c = connect(first.address, bearer(key))
+    j = judge(c, "score: 0.5")
+    r = run(c, evaluated(c), options(pb.EVAL_RUN_MODE_BLOCK, (j, None)))
+    c.close()
+    first.signal(signal.SIGTERM)
+    first.wait()
+    # As if the process died after the run's last commit and before its job's.
+    with sqlite3.connect(tmp_path / "db.sqlite") as db:
+        db.execute("DELETE FROM eval_jobs WHERE id = ?", (r.eval_job_id,))
+    second = ChildServer(url, tmp_path / "second.log")
+    try:
+        c = connect(second.address, bearer(key))
+        job = finished_job(c, r.eval_job_id)
+        assert job.run_id == r.id and job.results[0].score == 0.5
+        c.close()
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait()

@@ -73,6 +73,8 @@ class EvalStore(Protocol):
 
     async def unfinished_jobs(self) -> list[EvalJob]: ...
 
+    async def runs_missing_jobs(self) -> list[FlowRun]: ...
+
 
 def run_mode(eval_options: dict[str, Any]) -> str:
     mode = eval_options.get("run_mode") or MODE_ASYNC
@@ -269,10 +271,14 @@ class Evaluations:
         result.done = True
 
     async def resume_unfinished(self) -> int:
+        """On start: jobs a previous process left going, and jobs it had no time to write."""
         jobs = await self._store.unfinished_jobs()
         for job in jobs:
             self._launch(job, None)
-        return len(jobs)
+        missing = await self._store.runs_missing_jobs()
+        for run in missing:
+            await self.start(run)
+        return len(jobs) + len(missing)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

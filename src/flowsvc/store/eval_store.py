@@ -6,11 +6,13 @@ from sqlalchemy import select, tuple_, update
 
 from flowsvc.domain.evals import EvalJob, EvalJobStatus
 from flowsvc.domain.paging import Page
+from flowsvc.domain.runs import FlowRun, RunStatus
 from flowsvc.store.database import Database
-from flowsvc.store.run_codec import eval_job_from, eval_job_row
-from flowsvc.store.tables import EvalJobRow
+from flowsvc.store.run_codec import eval_job_from, eval_job_row, run_from
+from flowsvc.store.tables import EvalJobRow, FlowRunRow
 
 jobs = EvalJobRow.__table__  # type: ignore[attr-defined]
+runs = FlowRunRow.__table__  # type: ignore[attr-defined]
 
 
 class SqlEvalStore:
@@ -61,3 +63,18 @@ class SqlEvalStore:
                 )
             ).all()
         return [eval_job_from(r) for r in rows]
+
+    async def runs_missing_jobs(self) -> list[FlowRun]:
+        """Completed runs that named an evaluation job a crash kept from being written."""
+        query = (
+            select(runs)
+            .outerjoin(jobs, jobs.c.id == runs.c.eval_job_id)
+            .where(
+                runs.c.status == RunStatus.COMPLETE.value,
+                runs.c.eval_job_id != "",
+                jobs.c.id.is_(None),
+            )
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        return [run_from(r) for r in rows]

@@ -60,6 +60,17 @@ events = RunEventRow.__table__  # type: ignore[attr-defined]
 
 MAX_JOURNALS_PER_COMMIT = 256
 
+# Hot reads, built once: building a statement per call costs more than running it.
+_SESSION = select(sessions).where(
+    sessions.c.id == bindparam("id"), sessions.c.organisation_id == bindparam("org")
+)
+_SESSION_ANY_ORG = select(sessions).where(sessions.c.id == bindparam("id"))
+_SESSION_STEPS = (
+    select(steps).where(steps.c.session_id == bindparam("session_id")).order_by(steps.c.position)
+)
+_RUN = select(runs).where(runs.c.id == bindparam("id"), runs.c.organisation_id == bindparam("org"))
+_RUN_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
+
 
 @dataclass
 class _Rows:
@@ -249,23 +260,25 @@ class SqlRunStore:
 
         return lookup
 
-    async def _steps(self, conn: AsyncConnection, query: Select[Any]) -> list[SessionStep]:
-        rows = (await conn.execute(query)).all()
+    async def _steps(
+        self, conn: AsyncConnection, query: Select[Any], params: dict[str, Any] | None = None
+    ) -> list[SessionStep]:
+        rows = (await conn.execute(query, params or {})).all()
         lookup = await self._step_lookup({r.flow_version_id for r in rows}, conn)
         return [step_from(r, lookup) for r in rows]
 
-    async def _one_session(self, query: Select[Any]) -> Session | None:
+    async def _one_session(
+        self, query: Select[Any], params: dict[str, Any] | None = None
+    ) -> Session | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(query, params or {})).first()
         return None if row is None else session_from(row)
 
     async def get_session(self, org: str, session_id: str) -> Session | None:
-        return await self._one_session(
-            select(sessions).where(sessions.c.id == session_id, sessions.c.organisation_id == org)
-        )
+        return await self._one_session(_SESSION, {"id": session_id, "org": org})
 
     async def get_session_any_org(self, session_id: str) -> Session | None:
-        return await self._one_session(select(sessions).where(sessions.c.id == session_id))
+        return await self._one_session(_SESSION_ANY_ORG, {"id": session_id})
 
     async def session_by_request(self, org: str, request_id: str) -> Session | None:
         return await self._one_session(
@@ -278,27 +291,15 @@ class SqlRunStore:
         self, org: str, session_id: str
     ) -> tuple[Session, list[SessionStep]] | None:
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(sessions).where(
-                        sessions.c.id == session_id, sessions.c.organisation_id == org
-                    )
-                )
-            ).first()
+            row = (await conn.execute(_SESSION, {"id": session_id, "org": org})).first()
             if row is None:
                 return None
-            found = await self._steps(
-                conn,
-                select(steps).where(steps.c.session_id == session_id).order_by(steps.c.position),
-            )
+            found = await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
         return session_from(row), found
 
     async def session_steps(self, session_id: str) -> list[SessionStep]:
         async with self.db.read() as conn:
-            return await self._steps(
-                conn,
-                select(steps).where(steps.c.session_id == session_id).order_by(steps.c.position),
-            )
+            return await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
 
     async def step_by_input_request(self, session_id: str, request_id: str) -> SessionStep | None:
         async with self.db.read() as conn:
@@ -335,17 +336,11 @@ class SqlRunStore:
 
     async def get_run(self, org: str, run_id: str) -> FlowRun | None:
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(runs).where(runs.c.id == run_id, runs.c.organisation_id == org)
-                )
-            ).first()
+            row = (await conn.execute(_RUN, {"id": run_id, "org": org})).first()
             if row is None:
                 return None
             run = run_from(row)
-            run.steps = await self._steps(
-                conn, select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
-            )
+            run.steps = await self._steps(conn, _RUN_STEPS, {"run_id": run_id})
         return run
 
     async def run_by_request(self, org: str, request_id: str) -> FlowRun | None:
@@ -371,9 +366,7 @@ class SqlRunStore:
 
     async def run_steps(self, run_id: str) -> list[SessionStep]:
         async with self.db.read() as conn:
-            return await self._steps(
-                conn, select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
-            )
+            return await self._steps(conn, _RUN_STEPS, {"run_id": run_id})
 
     async def events_after(
         self, session_id: str, after_seq: int, run_id: str, limit: int

@@ -78,6 +78,15 @@ class Started:
     committed: asyncio.Future[None] | None = None
 
 
+def _is_kind(value: Any, kind: type) -> bool:
+    """JSON numbers arrive as floats: an int property takes a whole number."""
+    if kind is bool or kind is str:
+        return isinstance(value, kind)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind is float or float(value).is_integer()
+
+
 def check_overrides(
     override: Mapping[str, Any], version: FlowVersion, field_name: str
 ) -> list[FieldViolation]:
@@ -101,16 +110,7 @@ def check_overrides(
                 FieldViolation(at, f"unknown property {prop!r}; one of {', '.join(OVERRIDABLE)}")
             )
             continue
-        ok = (
-            isinstance(value, bool)
-            if kind is bool
-            else isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind in (int, float)
-            else isinstance(value, str)
-        )
-        if kind is int and ok and float(value) != int(value):
-            ok = False
-        if not ok:
+        if not _is_kind(value, kind):
             problems.append(FieldViolation(at, f"must be {kind.__name__}"))
         elif prop == "temperature" and not 0 <= value <= 2:
             problems.append(FieldViolation(at, "must be between 0 and 2"))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, update
 
 from flowsvc.domain.evals import EvalJob, EvalJobStatus
 from flowsvc.domain.paging import Page
 from flowsvc.domain.runs import FlowRun, RunStatus
 from flowsvc.store.database import Database
 from flowsvc.store.run_codec import eval_job_from, eval_job_row, run_from
+from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import EvalJobRow, FlowRunRow
 
 jobs = EvalJobRow.__table__  # type: ignore[attr-defined]
@@ -42,13 +43,8 @@ class SqlEvalStore:
             query = query.where(jobs.c.run_id == run_id)
         if flow_id:
             query = query.where(jobs.c.flow_id == flow_id)
-        if page.after is not None:
-            query = query.where(
-                tuple_(jobs.c.created_at, jobs.c.id) < tuple_(page.after.created_at, page.after.id)
-            )
-        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(page.size + 1)
         async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(newest_first(query, jobs, page))).all()
         return [eval_job_from(r) for r in rows]
 
     async def unfinished_jobs(self) -> list[EvalJob]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, tuple_, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
@@ -42,7 +42,7 @@ from flowsvc.store.run_codec import (
     step_row,
     version_ids_in,
 )
-from flowsvc.store.sql_store import SqlStore
+from flowsvc.store.sql_store import SqlStore, newest_first
 from flowsvc.store.tables import (
     FlowRunRow,
     RunEventRow,
@@ -64,7 +64,6 @@ MAX_JOURNALS_PER_COMMIT = 256
 _SESSION = select(sessions).where(
     sessions.c.id == bindparam("id"), sessions.c.organisation_id == bindparam("org")
 )
-_SESSION_ANY_ORG = select(sessions).where(sessions.c.id == bindparam("id"))
 _SESSION_STEPS = (
     select(steps).where(steps.c.session_id == bindparam("session_id")).order_by(steps.c.position)
 )
@@ -168,14 +167,6 @@ def _merge(
     return inserts, updates, all_events
 
 
-def _newest_first(query: Select[Any], table: Any, page: Page) -> Select[Any]:
-    if page.after is not None:
-        query = query.where(
-            tuple_(table.c.created_at, table.c.id) < tuple_(page.after.created_at, page.after.id)
-        )
-    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(page.size + 1)
-
-
 class SqlRunStore:
     def __init__(self, db: Database, flows: SqlStore) -> None:
         self.db = db
@@ -277,9 +268,6 @@ class SqlRunStore:
     async def get_session(self, org: str, session_id: str) -> Session | None:
         return await self._one_session(_SESSION, {"id": session_id, "org": org})
 
-    async def get_session_any_org(self, session_id: str) -> Session | None:
-        return await self._one_session(_SESSION_ANY_ORG, {"id": session_id})
-
     async def session_by_request(self, org: str, request_id: str) -> Session | None:
         return await self._one_session(
             select(sessions).where(
@@ -318,7 +306,7 @@ class SqlRunStore:
         if status:
             query = query.where(sessions.c.status == status)
         async with self.db.read() as conn:
-            rows = (await conn.execute(_newest_first(query, sessions, page))).all()
+            rows = (await conn.execute(newest_first(query, sessions, page))).all()
         return [session_from(r) for r in rows]
 
     async def delete_session(self, org: str, session_id: str) -> bool:
@@ -361,7 +349,7 @@ class SqlRunStore:
         if session_id:
             query = query.where(runs.c.session_id == session_id)
         async with self.db.read() as conn:
-            rows = (await conn.execute(_newest_first(query, runs, page))).all()
+            rows = (await conn.execute(newest_first(query, runs, page))).all()
         return [run_from(r) for r in rows]
 
     async def run_steps(self, run_id: str) -> list[SessionStep]:

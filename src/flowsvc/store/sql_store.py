@@ -90,7 +90,8 @@ def _version_values(version: FlowVersion) -> dict[str, Any]:
     }
 
 
-def _newest_first(query: Select[Any], table: Any, page: Page) -> Select[Any]:
+def newest_first(query: Select[Any], table: Any, page: Page) -> Select[Any]:
+    """Every list: newest first by (created_at, id), after the page's cursor, one extra row."""
     if page.after is not None:
         query = query.where(
             tuple_(table.c.created_at, table.c.id) < tuple_(page.after.created_at, page.after.id)
@@ -178,7 +179,7 @@ class SqlStore:
         return replace(flow, sessions=[]) if flow.organisation_id == org else None
 
     async def list_flows(self, org: str, page: Page) -> list[LiveFlow]:
-        query = _newest_first(select(flows).where(flows.c.organisation_id == org), flows, page)
+        query = newest_first(select(flows).where(flows.c.organisation_id == org), flows, page)
         async with self.db.read() as conn:
             rows = (await conn.execute(query)).all()
             return await self._with_versions(conn, rows)
@@ -299,11 +300,8 @@ class SqlStore:
                 self._versions.setdefault(row.id, _version(row))
         return {v: self._versions[v] for v in version_ids if v in self._versions}
 
-    def cached_version(self, version_id: str) -> FlowVersion | None:
-        return self._versions.get(version_id)
-
     async def list_versions(self, org: str, flow_id: str, page: Page) -> list[FlowVersion]:
-        query = _newest_first(
+        query = newest_first(
             select(versions).where(
                 versions.c.flow_id == flow_id, versions.c.organisation_id == org
             ),

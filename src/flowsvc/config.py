@@ -59,6 +59,13 @@ class Settings:
     tls_client_ca_file: str = ""
     # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
     max_request_bytes: int = 4 * 1024 * 1024
+    # Replicas: a session's lease lasts this long unless renewed (every quarter of it); the
+    # runs of a replica that died are taken over within about this long.
+    lease_seconds: float = 10.0
+    # How often each replica looks for runs to take over and cancel requests to honour.
+    claim_poll_seconds: float = 0.5
+    # How often subscribers' sessions are checked for events a lost notification missed.
+    feed_poll_seconds: float = 1.0
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -88,6 +95,9 @@ class Settings:
             "tls_cert_file": env.get("FLOWSVC_TLS_CERT", ""),
             "tls_key_file": env.get("FLOWSVC_TLS_KEY", ""),
             "tls_client_ca_file": env.get("FLOWSVC_TLS_CLIENT_CA", ""),
+            "lease_seconds": float(env.get("FLOWSVC_LEASE_SECONDS", "10")),
+            "claim_poll_seconds": float(env.get("FLOWSVC_CLAIM_POLL_SECONDS", "0.5")),
+            "feed_poll_seconds": float(env.get("FLOWSVC_FEED_POLL_SECONDS", "1")),
         }
         limits = {
             f.name: int(env[f"FLOWSVC_{f.name.upper()}"])
@@ -107,5 +117,5 @@ def normalize_database_url(url: str) -> str:
     if url.startswith("sqlite:"):
         return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url

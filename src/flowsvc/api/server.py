@@ -22,11 +22,13 @@ from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
 from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
+from flowsvc.domain.coordinator import Coordinator
 from flowsvc.domain.engine import Engine
 from flowsvc.domain.evals import Evaluations
 from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.domain.hub import Hub
+from flowsvc.domain.ids import new_id
 from flowsvc.domain.keys import Keys
 from flowsvc.domain.pricing import Price, PriceTable
 from flowsvc.domain.providers import EchoProvider, ModelProvider, Providers
@@ -34,6 +36,9 @@ from flowsvc.domain.sessions import Sessions
 from flowsvc.domain.tools import HttpTool
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
+from flowsvc.store.journal_writer import JournalWriter
+from flowsvc.store.lease_store import SqlLeases
+from flowsvc.store.pg_feed import PostgresEventFeed, conninfo_of
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.sql_store import SqlStore
 from flowsvc.v1 import (
@@ -77,7 +82,11 @@ class FlowServer:
     health: health.aio.HealthServicer
     database: Database
     run_store: SqlRunStore
+    leases: SqlLeases
     engine: Engine
+    coordinator: Coordinator
+    feed: PostgresEventFeed | None
+    hub: Hub
     sweep_every: float
     clock: Callable[[], datetime]
     sessions: Sessions
@@ -86,17 +95,32 @@ class FlowServer:
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.run_store.start()
-        resumed = await self.engine.resume_unfinished()
+        if self.database.is_sqlite:
+            self.database.hold_exclusively()
+            await self.leases.forget_dead_owners()
+        self.run_store.writer.start()
+        self.engine.sessions.start_renewal(asyncio.get_running_loop())
+        resumed = await self.engine.claim_orphans(1_000_000)
         if resumed:
-            log.info("resumed interrupted runs", extra={"runs": resumed})
+            log.info("resumed interrupted runs", extra={"sessions": resumed})
         jobs = await self.evaluations.resume_unfinished()
         if jobs:
             log.info("resumed evaluation jobs", extra={"jobs": jobs})
+        if self.feed is not None:
+            self.feed.start()
+        self.coordinator.start()
         await self.grpc_server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
+        await self.set_health(True)
+
+    async def set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(name, status)
 
     async def _sweep_expired(self) -> None:
         while True:
@@ -111,16 +135,24 @@ class FlowServer:
     async def stop(self, grace: float | None) -> None:
         """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds;
         then stop run tasks (they resume on the next start) and close the database."""
-        for name in ("", *SERVICE_NAMES):
-            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.set_health(False)
         await self.grpc_server.stop(grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.coordinator.stop()
         await self.evaluations.stop()
         await self.engine.stop()
+        self.engine.sessions.stop_renewal()
+        await self.run_store.writer.close()
+        try:
+            await self.leases.release_all()  # the other replicas take over at once
+        except Exception:
+            log.warning("could not give leases up; they expire by themselves", exc_info=True)
+        if self.feed is not None:
+            await self.feed.close()
         for close in self.closers:
             await close()
-        await self.run_store.close()
+        self.leases.close()
         await self.database.close()
 
     async def wait_for_termination(self) -> None:
@@ -194,17 +226,27 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         read_pool_size=settings.read_pool_size,
     )
     await database.migrate()
+    replica_id = new_id()
     store = SqlStore(database)
-    run_store = SqlRunStore(database, store)
+    writer = JournalWriter(database, replica_id, settings.lease_seconds)
+    run_store = SqlRunStore(database, store, writer)
+    leases = SqlLeases(database, replica_id, settings.lease_seconds)
     keys = Keys(store)
-    catalog = FlowCatalog(store, settings.limits, run_store)
     hub = Hub(settings.subscriber_queue)
+    feed = None
+    if not database.is_sqlite:
+        feed = PostgresEventFeed(
+            conninfo_of(database.sync_url), replica_id, hub, run_store, settings.feed_poll_seconds
+        )
+        writer.on_committed.append(feed.committed)
     providers, closers, http_tool = build_tools(settings)
     engine = Engine(
         run_store,
         store,
         hub,
         providers,
+        leases,
+        lease_seconds=settings.lease_seconds,
         step_limit=settings.step_limit,
         clock=settings.clock,
         http=http_tool,
@@ -216,11 +258,27 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         ),
         step_timeout=settings.step_timeout,
     )
-    evaluations = Evaluations(store, SqlEvalStore(database), settings.limits, settings.clock)
-    flow_runs = FlowRuns(
-        engine, store, run_store, hub, settings.limits, settings.clock, evaluations
+    evaluations = Evaluations(
+        store,
+        SqlEvalStore(database, replica_id, settings.lease_seconds),
+        settings.limits,
+        settings.clock,
     )
-    sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
+    flow_runs = FlowRuns(
+        engine, store, run_store, hub, leases, settings.limits, settings.clock, evaluations
+    )
+    sessions = Sessions(
+        engine,
+        flow_runs,
+        store,
+        run_store,
+        hub,
+        leases,
+        settings.limits,
+        settings.clock,
+        hold_wait=settings.lease_seconds * 1.5,
+    )
+    catalog = FlowCatalog(store, settings.limits, run_store, flow_runs.stop_flow_runs)
 
     server = grpc.aio.server(
         interceptors=[CallGuard(keys)],
@@ -256,21 +314,29 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     if port == 0:
         await database.close()
         raise OSError(f"cannot listen on {settings.listen}")
-    return (
-        FlowServer(
-            server,
-            health_servicer,
-            database,
-            run_store,
+    flow_server = FlowServer(
+        server,
+        health_servicer,
+        database,
+        run_store,
+        leases,
+        engine,
+        Coordinator(
             engine,
-            settings.expiry_sweep_seconds,
-            settings.clock,
-            sessions,
             evaluations,
-            closers,
+            beat_seconds=settings.claim_poll_seconds,
+            on_health=lambda serving: flow_server.set_health(serving),
         ),
-        port,
+        feed,
+        hub,
+        settings.expiry_sweep_seconds,
+        settings.clock,
+        sessions,
+        evaluations,
+        closers,
     )
+    writer.on_requeue = lambda _sessions: flow_server.coordinator.wake()
+    return flow_server, port
 
 
 async def serve(settings: Settings) -> None:

@@ -5,10 +5,15 @@ Rules it keeps:
   subscribers only from the journal's commit callback: nothing is streamed uncommitted.
 - A run awaits its outstanding journals before it reports that it stopped, so anything a
   caller is told is already committed.
-- Runs on one session take turns (a per-session lock, FIFO); seqs are allocated from the
-  session record the engine holds while the session is in use.
+- A session is changed only by the replica holding its lease (SessionRegistry); every
+  journal names the lease's epoch, and a journal the database refuses (another replica took
+  the session over) makes the engine abandon the session's runs without writing more.
+- Runs on one session take turns (a per-session lock, FIFO); runs queued by other replicas
+  wait in the database until the holder (or whoever claims the session next) runs them.
+- Seqs are allocated by the database when a journal commits, never by memory.
 - A run task cancelled by the server's shutdown leaves its committed state as it is and is
-  resumed on the next start; a run cancelled by a caller commits RUN_CANCELLED.
+  resumed by the next claim (this replica's next start, or another replica); a run cancelled
+  by a caller commits RUN_CANCELLED.
 """
 
 from __future__ import annotations
@@ -16,18 +21,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowsvc.domain.errors import FailedPrecondition, NotFound
+from flowsvc.domain.errors import FailedPrecondition, LeaseLost, NotFound
 from flowsvc.domain.evals import wants_evaluation
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.ids import new_id
 from flowsvc.domain.model import FlowVersion, LlmConfig, Step, StepType
-from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.pricing import PriceTable
 from flowsvc.domain.providers import (
     DEFAULT_MODEL,
@@ -50,6 +55,7 @@ from flowsvc.domain.runs import (
     SessionStep,
     StepStatus,
 )
+from flowsvc.domain.session_registry import HeldElsewhere, SessionRegistry, SessionState
 from flowsvc.domain.templates import MissingValue, RenderContext, render
 from flowsvc.domain.tools import HttpCall, HttpTool, NoHttp, ToolError
 
@@ -65,20 +71,8 @@ class StepFailure(Exception):
 
 
 @dataclass
-class _SessionState:
-    session: Session
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-    deleted: bool = False
-
-    def next_seq(self) -> int:
-        self.session.last_seq += 1
-        return self.session.last_seq
-
-
-@dataclass
 class _RunContext:
-    state: _SessionState
+    state: SessionState
     run: FlowRun
     version: FlowVersion
     graph: GraphIndex
@@ -129,7 +123,9 @@ class Engine:
         flows: FlowStore,
         hub: Hub,
         providers: Providers,
+        leases: Leases,
         *,
+        lease_seconds: float = 10.0,
         step_limit: int,
         clock: Callable[[], datetime],
         http: HttpTool | None = None,
@@ -145,10 +141,14 @@ class Engine:
         self._http: HttpTool = http or NoHttp()
         self._prices = prices or PriceTable()
         self._step_timeout = step_timeout
-        self._states: dict[str, _SessionState] = {}
+        self._leases = leases
+        self.sessions = SessionRegistry(leases, self._record, lease_seconds=lease_seconds)
+        self.sessions.on_lost = self._abandon
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._task_runs: dict[str, FlowRun] = {}
         self._cancel_requested: set[str] = set()
+        # Runs whose session another replica took over: they stop without writing more.
+        self._abandoned: set[str] = set()
         self._graphs: dict[str, GraphIndex] = {}
         self._stopping = False
         # Called when a run that asked for evaluation completes, inside its turn on the
@@ -157,36 +157,25 @@ class Engine:
 
     # -- session state ---------------------------------------------------------------
 
-    @asynccontextmanager
-    async def session_state(self, org: str, session_id: str) -> AsyncIterator[_SessionState]:
-        """The engine's live record of a session, loaded once and shared while in use."""
-        state = self._states.get(session_id)
-        if state is None:
-            session = await self._runs.get_session(org, session_id)
-            if session is None:
-                raise NotFound("session", session_id)
-            state = self._states.setdefault(session_id, _SessionState(session))
-        if state.session.organisation_id != org or state.deleted:
-            raise NotFound("session", session_id)
-        state.users += 1
-        try:
-            yield state
-        finally:
-            self._release(state)
+    def session_state(
+        self, org: str, session_id: str, *, wait: float = 0.0
+    ) -> AbstractAsyncContextManager[SessionState]:
+        """The session, leased to this replica while in use (HeldElsewhere if another
+        replica keeps it longer than `wait` seconds)."""
+        return self.sessions.using(org, session_id, wait=wait)
 
-    def adopt_session(self, session: Session) -> _SessionState:
-        state = _SessionState(session)
-        self._states[session.id] = state
-        return state
+    def adopt_session(self, session: Session) -> SessionState:
+        return self.sessions.adopt(session)
 
-    def _release(self, state: _SessionState) -> None:
-        state.users -= 1
-        if (
-            state.users <= 0
-            and not state.lock.locked()
-            and self._states.get(state.session.id) is state
-        ):
-            del self._states[state.session.id]
+    def _release(self, state: SessionState) -> None:
+        self.sessions.release(state)
+
+    def _abandon(self, state: SessionState) -> None:
+        """Another replica took the session over: its local runs stop, writing nothing."""
+        for run_id, run in list(self._task_runs.items()):
+            if run.session_id == state.session.id:
+                self._abandoned.add(run_id)
+                self._tasks[run_id].cancel()
 
     def _graph(self, version: FlowVersion) -> GraphIndex:
         graph = self._graphs.get(version.id)
@@ -198,7 +187,7 @@ class Engine:
 
     def _event(
         self,
-        state: _SessionState,
+        state: SessionState,
         run: FlowRun,
         kind: EventType,
         *,
@@ -206,7 +195,7 @@ class Engine:
         with_run: bool = False,
     ) -> RunEvent:
         return RunEvent(
-            seq=state.next_seq(),
+            seq=0,  # allocated by the database at commit
             session_id=run.session_id,
             run_id=run.id,
             organisation_id=run.organisation_id,
@@ -219,15 +208,24 @@ class Engine:
 
     def _record(self, journal: Journal) -> asyncio.Future[None]:
         future = self._runs.record(journal)
-        if journal.events:
-            events = journal.events
-            hub = self._hub
+        events = journal.events
+        hub = self._hub
+        session = journal.session
 
-            def publish(done: asyncio.Future[None]) -> None:
-                if not done.cancelled() and done.exception() is None:
+        def committed(done: asyncio.Future[None]) -> None:
+            if done.cancelled():
+                return
+            failure = done.exception()
+            if failure is None:
+                if events:
                     hub.publish(events)
+            elif isinstance(failure, LeaseLost) and session is not None and not journal.release:
+                state = self.sessions.states.get(session.id)
+                if state is not None and state.epoch == journal.epoch:
+                    self.sessions.forget(state)
+                    self._abandon(state)
 
-            future.add_done_callback(publish)
+        future.add_done_callback(committed)
         return future
 
     def _move(
@@ -255,6 +253,7 @@ class Engine:
             return
         journal = Journal(
             session=ctx.state.session,
+            epoch=ctx.state.epoch,
             session_is_new=ctx.new_session,
             new_runs=[ctx.run] if ctx.new_run else [],
             runs=[] if ctx.new_run else [ctx.run],
@@ -281,7 +280,7 @@ class Engine:
     # -- starting runs -----------------------------------------------------------------
 
     def start(
-        self, state: _SessionState, run: FlowRun, version: FlowVersion, *, new_session: bool
+        self, state: SessionState, run: FlowRun, version: FlowVersion, *, new_session: bool
     ) -> asyncio.Future[None]:
         """Launch a queued run (on a new session or an existing one). Its rows are written
         with its first moves; the returned future resolves once they are committed."""
@@ -290,11 +289,17 @@ class Engine:
         ctx.new_session = new_session
         ctx.new_run = True
         ctx.dirty = True
-        ctx.first_commit = asyncio.get_running_loop().create_future()
-        self._launch(ctx)
-        return ctx.first_commit
+        first = ctx.first_commit = asyncio.get_running_loop().create_future()
 
-    def _context(self, state: _SessionState, run: FlowRun, version: FlowVersion) -> _RunContext:
+        def stored(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                state.stored = True  # its row exists: the lease renewal may extend it now
+
+        first.add_done_callback(stored)
+        self._launch(ctx)
+        return first
+
+    def _context(self, state: SessionState, run: FlowRun, version: FlowVersion) -> _RunContext:
         return _RunContext(state, run, version, self._graph(version))
 
     def _launch(self, ctx: _RunContext) -> None:
@@ -314,44 +319,75 @@ class Engine:
             if first is not None and not first.done():
                 first.set_exception(RuntimeError("the run stopped before its first commit"))
                 first.exception()
-            if not t.cancelled() and t.exception() is not None:
-                log.error("run task failed", exc_info=t.exception(), extra={"run_id": run.id})
+            failure = None if t.cancelled() else t.exception()
+            if isinstance(failure, LeaseLost) or run.id in self._abandoned:
+                self._abandoned.add(run.id)
+                log.warning("run abandoned: another replica took its session over",
+                            extra={"run_id": run.id})
+            elif failure is not None:
+                log.error("run task failed", exc_info=failure, extra={"run_id": run.id})
 
         task.add_done_callback(done)
 
     async def wait(self, run_id: str) -> FlowRun | None:
-        """Wait until the run stops (finished or waiting for input); None if no task ran it."""
+        """Wait until the run stops (finished or waiting for input); None if no task of this
+        replica ran it to that point (the store, or another replica, has the answer)."""
         task = self._tasks.get(run_id)
         if task is None:
             return None
         run = self._task_runs[run_id]
         await asyncio.wait([task])
+        if run_id in self._abandoned:
+            self._abandoned.discard(run_id)
+            return None
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+        if task.cancelled() and self._stopping:
+            return None
         return run.snapshot()
 
-    def active_runs_of(self, org: str) -> int:
-        return sum(1 for run in self._task_runs.values() if run.organisation_id == org)
+    def has_task(self, run_id: str) -> bool:
+        return run_id in self._tasks
 
     def active_run_ids(self, session_id: str) -> list[str]:
         return [rid for rid, run in self._task_runs.items() if run.session_id == session_id]
 
-    async def resume_unfinished(self) -> int:
-        """On start: relaunch every run a previous process left QUEUED or RUNNING."""
-        unfinished = await self._runs.unfinished_runs()
-        for run in unfinished:
-            versions = await self._flows.load_versions({run.flow_version_id})
-            version = versions.get(run.flow_version_id)
-            if version is None:
-                continue
-            state = self._states.get(run.session_id)
-            if state is None:
-                session = await self._runs.get_session(run.organisation_id, run.session_id)
-                if session is None:
-                    continue
-                state = self.adopt_session(session)
-            self._launch(self._context(state, run, version))
-        return len(unfinished)
+    async def schedule(self, org: str, session_id: str) -> bool:
+        """Run what is queued (or was left running) on the session here, if this replica can
+        hold it; False when another live replica holds it (it runs them when its turn ends).
+        """
+        try:
+            async with self.session_state(org, session_id) as state:
+                for run in await self._leases.active_runs(session_id):
+                    if run.id in self._tasks:
+                        continue
+                    try:
+                        version = await self._version_of(run)
+                    except NotFound:
+                        continue  # its flow is being deleted
+                    self._launch(self._context(state, run, version))
+        except HeldElsewhere:
+            return False
+        except NotFound:
+            return False  # deleted meanwhile
+        return True
+
+    async def claim_orphans(self, limit: int = 100) -> int:
+        """Claim sessions with runs to execute and no live owner (a dead replica's, this
+        process's previous life's, or queued while a lease was going away) and run them."""
+        claimed = 0
+        for org, session_id in await self._leases.claimable(limit):
+            if await self.schedule(org, session_id):
+                claimed += 1
+        return claimed
+
+    async def cancel_requested(self) -> None:
+        """Cancel the local runs another replica asked to cancel."""
+        for run_id in await self._leases.cancel_requests():
+            task = self._tasks.get(run_id)
+            if task is not None and run_id not in self._cancel_requested:
+                self._cancel_requested.add(run_id)
+                task.cancel()
 
     async def stop(self) -> None:
         """Shutdown: cut run tasks without journaling; they resume on the next start."""
@@ -369,12 +405,17 @@ class Engine:
         try:
             await state.lock.acquire()
         except asyncio.CancelledError:
-            if self._stopping or run.id not in self._cancel_requested:
+            if self._stopping or run.id in self._abandoned or run.id not in self._cancel_requested:
                 raise
             await self._record_cancel(ctx, touch_session=False)
             return
         try:
             if state.deleted:
+                return
+            if run.cancel_requested:  # asked elsewhere before it got its turn here
+                await self._load_progress(ctx)
+                ctx.current = run.steps[-1] if run.steps else None
+                await self._record_cancel(ctx)
                 return
             await self._load_progress(ctx)
             await self._walk(ctx)
@@ -382,7 +423,7 @@ class Engine:
             if run.status is RunStatus.COMPLETE and run.eval_job_id and self.on_complete:
                 await self.on_complete(run)
         except asyncio.CancelledError:
-            if self._stopping or run.id not in self._cancel_requested:
+            if self._stopping or run.id in self._abandoned or run.id not in self._cancel_requested:
                 raise
             await self._record_cancel(ctx)
         finally:
@@ -655,7 +696,7 @@ class Engine:
         entry.output_tokens += current.output_tokens
         entry.cost += current.cost
 
-    def _finish(self, state: _SessionState, run: FlowRun, status: RunStatus) -> datetime:
+    def _finish(self, state: SessionState, run: FlowRun, status: RunStatus) -> datetime:
         now = self._clock()
         run.status = status
         run.end_time = now
@@ -728,7 +769,7 @@ class Engine:
     # -- input, cancel, expiry -----------------------------------------------------------
 
     async def submit_input(
-        self, state: _SessionState, answer: str, step_id: str, request_id: str
+        self, state: SessionState, answer: str, step_id: str, request_id: str
     ) -> str:
         """Answer the waiting INPUT step and let its run go on. Returns the run's id."""
         async with state.lock:
@@ -754,7 +795,7 @@ class Engine:
             run = await self._runs.get_run(session.organisation_id, waiting.run_id)
             if run is None:
                 raise NotFound("run", waiting.run_id)
-            version = (await self._flows.load_versions({run.flow_version_id}))[run.flow_version_id]
+            version = await self._version_of(run)
             now = self._clock()
             waiting.status = StepStatus.COMPLETED
             waiting.result = answer
@@ -768,6 +809,7 @@ class Engine:
             await self._record(
                 Journal(
                     session=session,
+                    epoch=state.epoch,
                     runs=[run],
                     steps=[waiting],
                     events=[self._event(state, run, EventType.STEP_COMPLETED, step=waiting)],
@@ -776,6 +818,13 @@ class Engine:
         self._launch(self._context(state, run, version))
         return run.id
 
+    async def _version_of(self, run: FlowRun) -> FlowVersion:
+        """The version a run is pinned to; gone only with its flow, and the run with it."""
+        version = (await self._flows.load_versions({run.flow_version_id})).get(run.flow_version_id)
+        if version is None:
+            raise NotFound("run", run.id)
+        return version
+
     async def _waiting_step(self, session: Session) -> SessionStep:
         steps = await self._runs.session_steps(session.id)
         for s in reversed(steps):
@@ -783,7 +832,7 @@ class Engine:
                 return s
         raise FailedPrecondition("session has no step waiting for input", kind="SESSION_STATE")
 
-    async def cancel_run(self, state: _SessionState, run_id: str) -> None:
+    async def cancel_run(self, state: SessionState, run_id: str) -> None:
         """Stop the run; returns once RUN_CANCELLED is committed."""
         task = self._tasks.get(run_id)
         if task is not None:
@@ -797,7 +846,7 @@ class Engine:
                 raise NotFound("run", run_id)
             if run.status in TERMINAL_RUN:
                 return
-            version = (await self._flows.load_versions({run.flow_version_id}))[run.flow_version_id]
+            version = await self._version_of(run)
             ctx = self._context(state, run, version)
             ctx.current = run.steps[-1] if run.steps else None
             await self._record_cancel(ctx)
@@ -828,14 +877,14 @@ class Engine:
         )
         await self._settle(ctx)
 
-    async def _expire_if_due(self, state: _SessionState) -> None:
+    async def _expire_if_due(self, state: SessionState) -> None:
         """Mark the session EXPIRED once its time is up; a run waiting for input fails."""
         session = state.session
         if session.status is SessionStatus.EXPIRED or self._clock() < session.expires_at:
             return
         if self.active_run_ids(session.id):
             return  # a running run finishes first; the session expires when it stops
-        journal = Journal(session=session)
+        journal = Journal(session=session, epoch=state.epoch)
         if session.status is SessionStatus.WAITING_FOR_INPUT:
             waiting = await self._waiting_step(session)
             run = await self._runs.get_run(session.organisation_id, waiting.run_id)
@@ -853,42 +902,39 @@ class Engine:
         self._hub.close_session(session.id, "session expired")
 
     async def record_eval_completed(self, run: FlowRun, job: object) -> None:
-        """EVAL_COMPLETED in the evaluated run's session, after its RUN_COMPLETED."""
+        """EVAL_COMPLETED in the evaluated run's session, after its RUN_COMPLETED. It changes
+        no session field, so it needs no lease: the database gives it the next seq."""
+        event = RunEvent(
+            seq=0,
+            session_id=run.session_id,
+            run_id=run.id,
+            organisation_id=run.organisation_id,
+            type=EventType.EVAL_COMPLETED,
+            time=self._clock(),
+            eval_job=job,
+        )
         try:
-            async with (
-                self.session_state(run.organisation_id, run.session_id) as state,
-                state.lock,
-            ):
-                event = RunEvent(
-                    seq=state.next_seq(),
-                    session_id=run.session_id,
-                    run_id=run.id,
-                    organisation_id=run.organisation_id,
-                    type=EventType.EVAL_COMPLETED,
-                    time=self._clock(),
-                    eval_job=job,
-                )
-                await self._record(Journal(session=state.session, events=[event]))
-        except NotFound:
+            await self._record(Journal(events=[event]))
+        except LeaseLost:
             return  # the session was deleted meanwhile
 
-    async def mark_cancelled(self, state: _SessionState) -> None:
+    async def mark_cancelled(self, state: SessionState) -> None:
         """CancelSession with no run to stop still leaves the session CANCELLED."""
         async with state.lock:
             if state.session.status is SessionStatus.CANCELLED:
                 return
             state.session.status = SessionStatus.CANCELLED
             state.session.updated_at = self._clock()
-            await self._record(Journal(session=state.session))
+            await self._record(Journal(session=state.session, epoch=state.epoch))
 
     async def waiting_step(self, session: Session) -> SessionStep:
         return await self._waiting_step(session)
 
-    async def expire_if_due(self, state: _SessionState) -> None:
+    async def expire_if_due(self, state: SessionState) -> None:
         async with state.lock:
             await self._expire_if_due(state)
 
-    async def delete_session(self, state: _SessionState) -> None:
+    async def delete_session(self, state: SessionState) -> None:
         for run_id in self.active_run_ids(state.session.id):
             await self.cancel_run(state, run_id)
         async with state.lock:

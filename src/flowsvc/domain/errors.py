@@ -76,3 +76,17 @@ class PermissionDenied(DomainError):
 
 class DeadlineExceeded(DomainError):
     pass
+
+
+class Unavailable(DomainError):
+    """The database cannot be reached: try again (elsewhere)."""
+
+
+class LeaseLost(Exception):
+    """A write named a lease epoch that is no longer the session's: another replica took the
+    session over. Not a caller's error: the run that saw it stops without writing more."""
+
+
+class RequestIdTaken(Exception):
+    """A write carried a request_id another request (maybe on another replica) committed
+    first: the caller answers with what that request made."""

@@ -65,7 +65,13 @@ class EvalJob:
 
 
 class EvalStore(Protocol):
-    async def save_job(self, job: EvalJob, *, new: bool) -> None: ...
+    async def save_job(self, job: EvalJob, *, new: bool) -> bool:
+        """False when a new job exists already (written first elsewhere)."""
+        ...
+
+    async def claim_jobs(self, limit: int) -> list[EvalJob]:
+        """Unfinished jobs no live replica runs, now leased to this one."""
+        ...
 
     async def get_job(self, org: str, job_id: str) -> EvalJob | None: ...
 
@@ -180,8 +186,8 @@ class Evaluations:
             created_at=self._clock(),
             results=[EvalResult(flow_eval_id=f, external_input=x) for f, x in wanted],
         )
-        await self._store.save_job(job, new=True)
-        self._launch(job, run)
+        if await self._store.save_job(job, new=True):
+            self._launch(job, run)
         return job
 
     def _launch(self, job: EvalJob, run: FlowRun | None) -> None:
@@ -271,14 +277,20 @@ class Evaluations:
         result.done = True
 
     async def resume_unfinished(self) -> int:
-        """On start: jobs a previous process left going, and jobs it had no time to write."""
-        jobs = await self._store.unfinished_jobs()
-        for job in jobs:
-            self._launch(job, None)
+        """On start: jobs nobody runs, and jobs a crash kept from being written."""
+        resumed = await self.claim_orphans()
         missing = await self._store.runs_missing_jobs()
         for run in missing:
             await self.start(run)
-        return len(jobs) + len(missing)
+        return resumed + len(missing)
+
+    async def claim_orphans(self, limit: int = 50) -> int:
+        """Jobs a dead replica (or this process's previous life) left unfinished."""
+        jobs = await self._store.claim_jobs(limit)
+        for job in jobs:
+            if job.id not in self._finished:
+                self._launch(job, None)
+        return len(jobs)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

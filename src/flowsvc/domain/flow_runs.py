@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,10 +14,12 @@ from typing import Any
 from flowsvc.domain.engine import TERMINAL_RUN, Engine
 from flowsvc.domain.errors import (
     Aborted,
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    RequestIdTaken,
     ResourceExhausted,
 )
 from flowsvc.domain.evals import MODE_BLOCK, MODE_SKIP, Evaluations, run_mode
@@ -26,7 +30,7 @@ from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, LiveFlow, StepType
 from flowsvc.domain.paging import Listed, listed, parse_page
-from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.runs import (
     Customer,
     FlowRun,
@@ -36,6 +40,7 @@ from flowsvc.domain.runs import (
     Session,
     SessionStatus,
 )
+from flowsvc.domain.session_registry import HeldElsewhere
 from flowsvc.domain.watch import follow
 
 OVERRIDABLE = {
@@ -147,10 +152,12 @@ class FlowRuns:
         flows: FlowStore,
         runs: RunStore,
         hub: Hub,
+        leases: Leases,
         limits: Limits,
         clock: Callable[[], datetime],
         evaluations: Evaluations | None = None,
     ) -> None:
+        self._leases = leases
         self._evals = evaluations
         if evaluations is not None:
             evaluations.bind(self)
@@ -209,8 +216,9 @@ class FlowRuns:
             )
         return flow, flow.current_version
 
-    def check_capacity(self, org: str) -> None:
-        active = self._engine.active_runs_of(org)
+    async def check_capacity(self, org: str) -> None:
+        """Counted in the database: every replica's runs count against one limit."""
+        active = await self._leases.count_active_runs(org)
         if active >= self._limits.max_active_runs_per_org:
             raise ResourceExhausted(
                 f"the organisation has {active} runs going; the limit is "
@@ -292,32 +300,49 @@ class FlowRuns:
     ) -> Started:
         if len(request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument.one("request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
-        claim = None
-        if request_id:
+        if not request_id:
+            return await self._start(
+                org, flow_id, body, "", options, wait_for_commit, parent_run_id
+            )
+        digest = request_digest("RunFlow", flow_id, body, options)
 
-            async def lookup() -> str | None:
-                found = await self._runs.run_by_request(org, request_id)
-                return None if found is None else found.id
+        async def lookup() -> str | None:
+            found = await self._runs.run_by_request(org, request_id)
+            return None if found is None else found.id
 
+        while True:
             existing_id, claim = await self.claims.claim(("run", org, request_id), lookup)
             if existing_id is not None:
-                existing = await self.finished_by_id(org, existing_id)
-                session = await self._runs.get_session(org, existing.session_id)
-                if session is None:
-                    raise NotFound("session", existing.session_id)
-                return Started(existing, session, 0, existing=True)
-        try:
-            started = await self._start(
-                org, flow_id, body, request_id, options, wait_for_commit, parent_run_id
-            )
-        except BaseException:
-            if claim is not None:
+                return await self._earlier(org, existing_id, request_id, digest)
+            assert claim is not None
+            try:
+                # The unique (organisation, request_id) decides between replicas: the first
+                # commit must land before this request may answer as the one that ran.
+                started = await self._start(
+                    org, flow_id, body, request_id, options, True, parent_run_id, digest
+                )
+            except RequestIdTaken:
                 claim.release()
-            raise
-        if claim is not None:
+                continue  # another replica committed it first: answer with that run
+            except BaseException:
+                claim.release()
+                raise
             assert started.committed is not None
             claim.resolve(started.run.id, started.committed)
-        return started
+            return started
+
+    async def _earlier(self, org: str, run_id: str, request_id: str, digest: str) -> Started:
+        """The run an earlier request with this request_id started, if it was this request."""
+        existing = await self.get_run(org, run_id)
+        if existing.request_digest and existing.request_digest != digest:
+            raise AlreadyExists(
+                f"request_id {request_id!r} was already used for a different request"
+            )
+        existing = await self.finished_by_id(org, existing.id)
+        session = await self._runs.get_session(org, existing.session_id)
+        if session is None:
+            raise NotFound("session", existing.session_id)
+        return Started(existing, session, 0, existing=True)
 
     async def _start(
         self,
@@ -328,6 +353,7 @@ class FlowRuns:
         options: RunOptions,
         wait_for_commit: bool,
         parent_run_id: str = "",
+        digest: str = "",
     ) -> Started:
         if options.session_id:
             require_id("options.session_id", options.session_id, "session")
@@ -342,7 +368,7 @@ class FlowRuns:
         )
         if problems:
             raise InvalidArgument(problems)
-        self.check_capacity(org)
+        await self.check_capacity(org)
         if self._evals is not None and not parent_run_id:
             await self._evals.check(org, options.eval_options)
             if run_mode(options.eval_options) != MODE_SKIP and not options.eval_options.get("runs"):
@@ -357,70 +383,78 @@ class FlowRuns:
             run = self.new_run(
                 org, flow.id, session.id, version, body, options, request_id, parent_run_id
             )
-            return await self._launch(state, run, version, True, wait_for_commit)
+            run.request_digest = digest
+            committed = self._engine.start(state, run, version, new_session=True)
+            if wait_for_commit:
+                await committed
+            return Started(run, session, 0, committed=committed)
 
-        async with self._engine.session_state(org, options.session_id) as state:
-            session = state.session
-            if session.live_flow_id != flow.id:
-                raise InvalidArgument.one(
-                    "options.session_id", "the session belongs to another live flow"
-                )
-            await self._engine.expire_if_due(state)
-            if session.status is SessionStatus.EXPIRED:
-                raise FailedPrecondition(
-                    "the session has expired",
-                    kind="SESSION_STATE",
-                    subject=f"sessions/{session.id}",
-                )
-            if session.status is SessionStatus.WAITING_FOR_INPUT:
-                raise FailedPrecondition(
-                    "the session is waiting for input: answer it with SubmitUserInput or cancel it",
-                    kind="SESSION_STATE",
-                    subject=f"sessions/{session.id}",
-                )
-            if len(session.messages) + 2 > self._limits.max_messages_per_session:
-                raise ResourceExhausted(
-                    f"the session holds {len(session.messages)} messages; a run adds 2 and the "
-                    f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
-                    subject=f"sessions/{session.id}",
-                    limit="max_messages_per_session",
-                )
-            if options.no_wait and (state.lock.locked() or self._engine.active_run_ids(session.id)):
-                raise Aborted("the session is running another run and options.no_wait is set")
-            if not options.version:
-                _, version = await self.flow_and_version(
-                    org, flow.id, session.version, "flow_id", "options.version"
-                )
-            run = self.new_run(
-                org, flow.id, session.id, version, body, options, request_id, parent_run_id
+        found = await self._runs.get_session(org, options.session_id)
+        if found is None:
+            raise NotFound("session", options.session_id)
+        session = found
+        if session.live_flow_id != flow.id:
+            raise InvalidArgument.one(
+                "options.session_id", "the session belongs to another live flow"
             )
-            return await self._launch(state, run, version, False, wait_for_commit)
-
-    async def _launch(
-        self,
-        state: Any,
-        run: FlowRun,
-        version: FlowVersion,
-        new_session: bool,
-        wait_for_commit: bool,
-    ) -> Started:
-        after_seq = state.session.last_seq
-        committed = self._engine.start(state, run, version, new_session=new_session)
-        if wait_for_commit:
-            await committed
-        return Started(run, state.session, after_seq, committed=committed)
+        if session.status is not SessionStatus.EXPIRED and self._clock() >= session.expires_at:
+            with contextlib.suppress(HeldElsewhere):
+                async with self._engine.session_state(org, session.id) as state:
+                    await self._engine.expire_if_due(state)
+                    session = state.session
+        if session.status is SessionStatus.EXPIRED:
+            raise FailedPrecondition(
+                "the session has expired", kind="SESSION_STATE", subject=f"sessions/{session.id}"
+            )
+        if session.status is SessionStatus.WAITING_FOR_INPUT:
+            raise FailedPrecondition(
+                "the session is waiting for input: answer it with SubmitUserInput or cancel it",
+                kind="SESSION_STATE",
+                subject=f"sessions/{session.id}",
+            )
+        if len(session.messages) + 2 > self._limits.max_messages_per_session:
+            raise ResourceExhausted(
+                f"the session holds {len(session.messages)} messages; a run adds 2 and the "
+                f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
+                subject=f"sessions/{session.id}",
+                limit="max_messages_per_session",
+            )
+        if not options.version:
+            _, version = await self.flow_and_version(
+                org, flow.id, session.version, "flow_id", "options.version"
+            )
+        run = self.new_run(
+            org, flow.id, session.id, version, body, options, request_id, parent_run_id
+        )
+        run.request_digest = digest
+        # The run is durable (QUEUED) before anything runs it; whichever replica holds the
+        # session runs it in its turn.
+        try:
+            queued = await self._leases.insert_queued_run(run, only_if_idle=options.no_wait)
+        except RequestIdTaken:
+            raise
+        if not queued:
+            raise Aborted("the session is running another run and options.no_wait is set")
+        await self._engine.schedule(org, session.id)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return Started(run, session, session.last_seq, committed=done)
 
     async def finished(self, started: Started) -> FlowRun:
         """The run once it stops (finished, or waiting for input)."""
         return await self.finished_by_id(started.run.organisation_id, started.run.id)
 
     async def finished_by_id(self, org: str, run_id: str) -> FlowRun:
+        """The run once it stops, wherever it runs: this replica's task, or the committed
+        events of another replica's, followed until the run stops."""
         waited = await self._engine.wait(run_id)
         if waited is not None:
             return waited
-        run = await self._runs.get_run(org, run_id)
-        if run is None:
-            raise NotFound("run", run_id)
+        run = await self.get_run(org, run_id)
+        if run.status.active:
+            async for _ in self._follow_run(run, 0, limited=False):
+                pass
+            run = await self.get_run(org, run_id)
         return run
 
     async def run_flow(
@@ -443,14 +477,17 @@ class FlowRuns:
             for event in await self._runs.events_after(run.session_id, last, run.id, 100):
                 yield event
 
-    def _follow_run(self, run: FlowRun, after_seq: int) -> AsyncIterator[RunEvent]:
+    def _follow_run(
+        self, run: FlowRun, after_seq: int, *, limited: bool = True
+    ) -> AsyncIterator[RunEvent]:
         async def stopped() -> bool:
-            if self._engine.active_run_ids(run.session_id).count(run.id):
+            if self._engine.has_task(run.id):
                 return False
             fresh = await self._runs.get_run(run.organisation_id, run.id)
             return fresh is None or not fresh.status.active
 
-        self.check_subscribers(run.session_id)
+        if limited:
+            self.check_subscribers(run.session_id)
         return follow(
             self._runs, self._hub, run.session_id, after_seq, run_id=run.id, stopped=stopped
         )
@@ -494,8 +531,7 @@ class FlowRuns:
                 kind="RUN_STATE",
                 subject=f"runs/{run_id}",
             )
-        async with self._engine.session_state(org, run.session_id) as state:
-            await self._engine.cancel_run(state, run_id)
+        await self.stop_run(run)
         run = await self.get_run(org, run_id)
         if run.status is not RunStatus.CANCELLED:
             raise FailedPrecondition(
@@ -504,3 +540,38 @@ class FlowRuns:
                 subject=f"runs/{run_id}",
             )
         return run
+
+    async def stop_run(self, run: FlowRun) -> None:
+        """Cancel the run wherever it is: this replica's task; or, when no live replica holds
+        its session, here under a claim; or else by asking the holder (through the database)
+        and following the run until it stops."""
+        org = run.organisation_id
+        if not self._engine.has_task(run.id):
+            try:
+                async with self._engine.session_state(org, run.session_id) as state:
+                    await self._engine.cancel_run(state, run.id)
+                return
+            except HeldElsewhere:
+                pass
+            if await self._leases.request_cancel(org, run.id):
+                await self.finished_by_id(org, run.id)
+            return
+        async with self._engine.session_state(org, run.session_id) as state:
+            await self._engine.cancel_run(state, run.id)
+
+    async def stop_flow_runs(self, org: str, flow_id: str) -> None:
+        """DeleteLiveFlow: the flow's runs in flight are cancelled first, on any replica."""
+        for run in await self._leases.active_runs_of_flow(org, flow_id):
+            with contextlib.suppress(NotFound):
+                await self.stop_run(run)
+
+
+def request_digest(method: str, *parts: Any) -> str:
+    """What makes two requests with one request_id the same request."""
+    text = json.dumps(
+        [method, *[p.__dict__ if hasattr(p, "__dict__") else p for p in parts]],
+        sort_keys=True,
+        default=str,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
@@ -21,10 +21,18 @@ RECENT_SESSIONS = 10
 
 
 class FlowCatalog:
-    def __init__(self, store: FlowStore, limits: Limits, sessions: RunStore | None = None) -> None:
+    def __init__(
+        self,
+        store: FlowStore,
+        limits: Limits,
+        sessions: RunStore | None = None,
+        stop_runs: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._limits = limits
         self._sessions = sessions
+        # Cancels a flow's runs in flight, on whichever replica runs them (wired at start-up).
+        self._stop_runs = stop_runs
 
     def _check_details(self, name: str, description: str) -> list[FieldViolation]:
         problems = []
@@ -143,6 +151,10 @@ class FlowCatalog:
 
     async def delete_flow(self, org: str, flow_id: str) -> None:
         require_id("id", flow_id, "live flow")
+        if await self._store.get_flow(org, flow_id) is None:
+            raise NotFound("live flow", flow_id)
+        if self._stop_runs is not None:
+            await self._stop_runs(org, flow_id)
         if not await self._store.delete_flow(org, flow_id):
             raise NotFound("live flow", flow_id)
 

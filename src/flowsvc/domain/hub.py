@@ -52,6 +52,9 @@ class Hub:
     def __init__(self, capacity: int = 1024) -> None:
         self.capacity = capacity
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        # The highest seq published (or replayed) per session with subscribers: where an
+        # event feed reads on from when another replica commits to that session.
+        self.positions: dict[str, int] = {}
 
     def subscribe(self, session_id: str) -> Subscription:
         sub = Subscription(session_id, self.capacity)
@@ -64,14 +67,33 @@ class Hub:
             subs.discard(sub)
             if not subs:
                 del self._subscribers[sub.session_id]
+                self.positions.pop(sub.session_id, None)
 
     def subscriber_count(self, session_id: str) -> int:
         return len(self._subscribers.get(session_id, ()))
 
+    def advance(self, session_id: str, seq: int) -> None:
+        if session_id in self._subscribers and seq > self.positions.get(session_id, 0):
+            self.positions[session_id] = seq
+
+    def watched(self) -> list[str]:
+        """Sessions with subscribers here."""
+        return list(self._subscribers)
+
     def publish(self, events: Iterable[RunEvent]) -> None:
         for event in events:
-            for sub in self._subscribers.get(event.session_id, ()):
+            subs = self._subscribers.get(event.session_id)
+            if not subs:
+                continue
+            for sub in subs:
                 sub.push(event)
+            if event.seq > self.positions.get(event.session_id, 0):
+                self.positions[event.session_id] = event.seq
+
+    def close_all(self, reason: str) -> None:
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                sub.close(reason)
 
     def close_session(self, session_id: str, reason: str) -> None:
         for sub in list(self._subscribers.get(session_id, ())):

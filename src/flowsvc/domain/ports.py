@@ -4,12 +4,62 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
 from flowsvc.domain.paging import Page
 from flowsvc.domain.runs import FlowRun, Journal, RunEvent, Session, SessionStep
+
+
+@dataclass
+class SessionClaim:
+    """The outcome of claiming a session's lease: `session` None when there is no such
+    session; `epoch` 0 when another live replica holds it."""
+
+    session: Session | None
+    epoch: int
+
+
+class Leases(Protocol):
+    """Which replica may change a session and run its runs (the engine's claim port)."""
+
+    owner_id: str
+
+    async def claim_session(self, org: str, session_id: str) -> SessionClaim: ...
+
+    async def claimable(self, limit: int) -> list[tuple[str, str]]:
+        """(organisation, session) with runs to execute and no live owner."""
+        ...
+
+    def renew(self, session_ids: list[str]) -> set[str]:
+        """Blocking, from a thread: extend these leases; returns those still held."""
+        ...
+
+    async def active_runs(self, session_id: str) -> list[FlowRun]: ...
+
+    async def count_active_runs(self, org: str) -> int: ...
+
+    async def active_runs_of_flow(self, org: str, flow_id: str) -> list[FlowRun]: ...
+
+    async def insert_queued_run(self, run: FlowRun, *, only_if_idle: bool) -> bool:
+        """Insert a QUEUED run; with only_if_idle, only when the session has no run going."""
+        ...
+
+    async def request_cancel(self, org: str, run_id: str) -> bool: ...
+
+    async def cancel_requests(self) -> list[str]: ...
+
+    async def release_all(self) -> None: ...
+
+
+class EventFeed(Protocol):
+    """Wakes subscribers of this replica when another replica commits events."""
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class FlowStore(Protocol):
@@ -100,6 +150,8 @@ class RunStore(Protocol):
     async def events_after(
         self, session_id: str, after_seq: int, run_id: str, limit: int
     ) -> list[RunEvent]: ...
+
+    async def last_seqs(self, session_ids: list[str]) -> dict[str, int]: ...
 
     async def unfinished_runs(self) -> list[FlowRun]:
         """Runs of every organisation that were QUEUED or RUNNING: to resume on start."""

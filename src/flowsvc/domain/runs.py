@@ -156,6 +156,7 @@ class Session:
     artifact: dict[str, Any] | None = None
     request_id: str = ""
     last_seq: int = 0
+    request_digest: str = ""
 
 
 @dataclass(slots=True)
@@ -179,6 +180,9 @@ class FlowRun:
     eval_options: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str = ""
     request_id: str = ""
+    request_digest: str = ""
+    # Asked by a replica that does not run it; the owner cancels it (read, never written back).
+    cancel_requested: bool = False
     start_time: datetime | None = None
     end_time: datetime | None = None
     duration_ms: int = 0
@@ -229,3 +233,8 @@ class Journal:
     new_steps: list[SessionStep] = field(default_factory=list)
     steps: list[SessionStep] = field(default_factory=list)
     events: list[RunEvent] = field(default_factory=list)
+    # The lease epoch the session's writes are fenced on (0: the journal does not change the
+    # session row). A journal whose epoch is no longer the session's is refused whole.
+    epoch: int = 0
+    # Give the session's lease up once this commits.
+    release: bool = False

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from flowsvc.domain.engine import Engine
-from flowsvc.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from flowsvc.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    RequestIdTaken,
+)
 from flowsvc.domain.flow_runs import (
     MAX_EXPIRATION,
     MIN_EXPIRATION,
@@ -18,6 +27,7 @@ from flowsvc.domain.flow_runs import (
     RunOptions,
     check_inputs,
     check_json_size,
+    request_digest,
 )
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
@@ -25,8 +35,9 @@ from flowsvc.domain.ids import require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion
 from flowsvc.domain.paging import Listed, listed, parse_page
-from flowsvc.domain.ports import FlowStore, RunStore
+from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
+from flowsvc.domain.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.watch import follow
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
@@ -49,9 +60,14 @@ class Sessions:
         flows: FlowStore,
         store: RunStore,
         hub: Hub,
+        leases: Leases,
         limits: Limits,
         clock: Callable[[], datetime],
+        *,
+        hold_wait: float = 15.0,
     ) -> None:
+        self._leases = leases
+        self._hold_wait = hold_wait
         self._engine = engine
         self._flow_runs = runs
         self._flows = flows
@@ -104,39 +120,70 @@ class Sessions:
         problems = self._check_new(spec)
         if problems:
             raise InvalidArgument(problems)
-        claim = None
-        if spec.request_id:
+        if not spec.request_id:
+            session_id, run_id, committed = await self._create(
+                org, flow_id, inputs, version_number, spec, ""
+            )
+            return await self._answer(org, session_id, run_id, committed, wait)
+        digest = request_digest("CreateSession", flow_id, inputs, version_number, spec)
 
-            async def lookup() -> str | None:
-                found = await self._store.session_by_request(org, spec.request_id)
-                return None if found is None else found.id
+        async def lookup() -> str | None:
+            found = await self._store.session_by_request(org, spec.request_id)
+            return None if found is None else found.id
 
+        while True:
             existing_id, claim = await self._flow_runs.claims.claim(
                 ("session", org, spec.request_id), lookup
             )
             if existing_id is not None:
-                if wait:
-                    for run_id in self._engine.active_run_ids(existing_id):
-                        await self._engine.wait(run_id)
-                return await self.get(org, existing_id)
-        try:
-            session_id, run_id, committed = await self._create(
-                org, flow_id, inputs, version_number, spec
-            )
-        except BaseException:
-            if claim is not None:
+                return await self._earlier(org, existing_id, spec.request_id, digest, wait)
+            assert claim is not None
+            try:
+                session_id, run_id, committed = await self._create(
+                    org, flow_id, inputs, version_number, spec, digest
+                )
+                await committed  # the unique request_id decides between replicas
+            except RequestIdTaken:
                 claim.release()
-            raise
-        if claim is not None:
+                continue
+            except BaseException:
+                claim.release()
+                raise
             claim.resolve(session_id, committed)
+            return await self._answer(org, session_id, run_id, committed, wait)
+
+    async def _answer(
+        self, org: str, session_id: str, run_id: str, committed: asyncio.Future[None], wait: bool
+    ) -> SessionView:
         if wait:
-            await self._engine.wait(run_id)
+            await self._flow_runs.finished_by_id(org, run_id)
         else:
             await committed
         return await self.get(org, session_id)
 
+    async def _earlier(
+        self, org: str, session_id: str, request_id: str, digest: str, wait: bool
+    ) -> SessionView:
+        """The session an earlier request with this request_id made, if it was this request."""
+        view = await self.get(org, session_id)
+        if view.session.request_digest and view.session.request_digest != digest:
+            raise AlreadyExists(
+                f"request_id {request_id!r} was already used for a different request"
+            )
+        if wait:
+            for run in await self._leases.active_runs(session_id):
+                await self._flow_runs.finished_by_id(org, run.id)
+            view = await self.get(org, session_id)
+        return view
+
     async def _create(
-        self, org: str, flow_id: str, inputs: dict[str, Any], version_number: int, spec: NewSession
+        self,
+        org: str,
+        flow_id: str,
+        inputs: dict[str, Any],
+        version_number: int,
+        spec: NewSession,
+        digest: str,
     ) -> tuple[str, str, asyncio.Future[None]]:
         flow, version = await self._flow_runs.flow_and_version(
             org, flow_id, version_number, "live_flow_id", "version"
@@ -146,8 +193,9 @@ class Sessions:
         )
         if problems:
             raise InvalidArgument(problems)
-        self._flow_runs.check_capacity(org)
+        await self._flow_runs.check_capacity(org)
         session = self._flow_runs.new_session(org, flow, version, inputs, spec)
+        session.request_digest = digest
         state = self._engine.adopt_session(session)
         run = self._flow_runs.new_run(org, flow.id, session.id, version, inputs, RunOptions(), "")
         committed = self._engine.start(state, run, version, new_session=True)
@@ -160,8 +208,11 @@ class Sessions:
             raise NotFound("session", session_id)
         session, steps = found
         if session.status is not SessionStatus.EXPIRED and self._clock() >= session.expires_at:
-            async with self._engine.session_state(org, session_id) as state:
-                await self._engine.expire_if_due(state)
+            # Only the holder of the lease may change the session; a holder elsewhere is
+            # running it, and it expires when that run stops.
+            with contextlib.suppress(HeldElsewhere):
+                async with self._engine.session_state(org, session_id) as state:
+                    await self._engine.expire_if_due(state)
             found = await self._store.session_with_steps(org, session_id)
             if found is None:
                 raise NotFound("session", session_id)
@@ -186,32 +237,47 @@ class Sessions:
             raise InvalidArgument.one(
                 "user_input", f"at most {self._limits.max_user_input_chars} characters"
             )
-        async with self._engine.session_state(org, session_id) as state:
+        async with self._hold(org, session_id) as state:
             run_id = await self._engine.submit_input(state, answer, step_id, request_id)
         if wait:
-            await self._engine.wait(run_id)
+            await self._flow_runs.finished_by_id(org, run_id)
         return await self.get(org, session_id)
+
+    def _hold(self, org: str, session_id: str) -> AbstractAsyncContextManager[SessionState]:
+        """The session's lease for a change of its own; a replica running one of its runs
+        lets it go when the run stops, so this waits up to a lease period for it."""
+        return self._engine.session_state(org, session_id, wait=self._hold_wait)
 
     async def cancel(self, org: str, session_id: str) -> SessionView:
         require_id("id", session_id, "session")
-        async with self._engine.session_state(org, session_id) as state:
-            if state.session.status is SessionStatus.EXPIRED:
-                raise FailedPrecondition(
-                    "the session has expired",
-                    kind="SESSION_STATE",
-                    subject=f"sessions/{session_id}",
-                )
-            for run_id in self._engine.active_run_ids(session_id):
-                await self._engine.cancel_run(state, run_id)
+        session = await self._store.get_session(org, session_id)
+        if session is None:
+            raise NotFound("session", session_id)
+        if session.status is SessionStatus.EXPIRED:
+            raise FailedPrecondition(
+                "the session has expired",
+                kind="SESSION_STATE",
+                subject=f"sessions/{session_id}",
+            )
+        await self._stop_runs(session_id)
+        async with self._hold(org, session_id) as state:
             if state.session.status is SessionStatus.WAITING_FOR_INPUT:
                 waiting = await self._engine.waiting_step(state.session)
                 await self._engine.cancel_run(state, waiting.run_id)
             await self._engine.mark_cancelled(state)
         return await self.get(org, session_id)
 
+    async def _stop_runs(self, session_id: str) -> None:
+        for run in await self._leases.active_runs(session_id):
+            with contextlib.suppress(NotFound):
+                await self._flow_runs.stop_run(run)
+
     async def delete(self, org: str, session_id: str) -> None:
         require_id("id", session_id, "session")
-        async with self._engine.session_state(org, session_id) as state:
+        if await self._store.get_session(org, session_id) is None:
+            raise NotFound("session", session_id)
+        await self._stop_runs(session_id)
+        async with self._hold(org, session_id) as state:
             await self._engine.delete_session(state)
 
     async def watch(self, org: str, session_id: str, after_seq: int) -> AsyncIterator[RunEvent]:

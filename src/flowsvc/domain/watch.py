@@ -28,30 +28,27 @@ async def follow(
     # Subscribe before reading the store: an event committed after the read is published
     # after this point, so it arrives live; one committed before is in the replay.
     sub = hub.subscribe(session_id)
+    # `last` is a position in the session's seqs. Events are published as they commit, on
+    # this replica or (through the event feed) another; whenever one arrives past last + 1,
+    # what lies between is committed and is read from the store first: no gap, in any order
+    # of arrival, and anything already seen is skipped.
     last = after_seq
     try:
-        # Replay up to the first event the subscription caught: from there on the queue has
-        # every event, in order, with the live-only deltas between them.
-        caught: int | None = None
-        replaying = True
-        while replaying:
+        while True:
             batch = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
-            caught = sub.first_seq()
-            replaying = len(batch) == REPLAY_BATCH
             for event in batch:
-                if caught is not None and event.seq >= caught:
-                    replaying = False
-                    break
                 last = event.seq
                 yield event
                 # In the record, a run that waited for input may have gone on since.
                 if run_id and event.type.ends_run:
                     return
-        if caught is None and await stopped():
+            if len(batch) < REPLAY_BATCH:
+                break
+        hub.advance(session_id, last)
+        if not sub.queue and await stopped():
             # Whatever it sent before stopping is committed: one more read catches events
             # committed between the replay and the check.
             for event in await store.events_after(session_id, last, run_id, REPLAY_BATCH):
-                last = event.seq
                 yield event
             return
         while True:
@@ -64,14 +61,27 @@ async def follow(
                     limit="subscriber_queue",
                 )
             for event in sub.drain():
-                if run_id and event.run_id != run_id:
-                    continue
                 if event.type is EventType.STEP_DELTA:
-                    yield event
+                    if not run_id or event.run_id == run_id:
+                        yield event
                     continue
                 if event.seq <= last:
                     continue
+                reading = event.seq > last + 1
+                while reading:
+                    missed = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
+                    reading = len(missed) == REPLAY_BATCH
+                    for earlier in missed:
+                        if earlier.seq >= event.seq:
+                            reading = False
+                            break
+                        last = earlier.seq
+                        yield earlier
+                        if run_id and earlier.type.ends_run_stream:
+                            return
                 last = event.seq
+                if run_id and event.run_id != run_id:
+                    continue
                 yield event
                 if run_id and event.type.ends_run_stream:
                     return

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import fcntl
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from flowsvc.domain.errors import Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -51,11 +56,46 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Any number to name the migration lock by: replicas starting together take turns.
+MIGRATION_LOCK = 0x666C6F77  # "flow"
+
+
+def now_ms_sql(dialect_name: str) -> str:
+    """The database's clock in Unix milliseconds: leases are timed by one clock for all."""
+    if dialect_name == "sqlite":
+        return "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
+
+
 def _run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Held to the end of the migration's transaction; a replica that waited finds the
+        # schema at head and changes nothing.
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+class SingleProcessOnly(RuntimeError):
+    pass
+
+
+@contextmanager
+def unavailable_when_unreachable() -> Iterator[None]:
+    """The database going away (down, restarting, connection cut) is the caller's
+    UNAVAILABLE, never INTERNAL: the same call succeeds once the database is back."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise Unavailable("the database is unavailable; try again") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise Unavailable("the database connection was lost; try again") from exc
+        raise
+    except (ConnectionError, psycopg.OperationalError) as exc:
+        raise Unavailable("the database is unavailable; try again") from exc
 
 
 class Database:
@@ -83,32 +123,74 @@ class Database:
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
             _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)
         else:
-            self.writer = create_async_engine(url, pool_size=4, pool_pre_ping=True, **JSON_OPTIONS)
+            self.writer = create_async_engine(
+                url,
+                pool_size=read_pool_size,
+                max_overflow=4,
+                pool_pre_ping=True,
+                isolation_level="READ COMMITTED",
+                **JSON_OPTIONS,
+            )
             self.reader = self.writer
-        self._write_lock = asyncio.Lock()
+        self.dialect_name = parsed.get_backend_name()
+        # SQLite has one writer anyway; PostgreSQL takes concurrent writers.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         # Batches of the hot path are committed by one thread on one blocking connection:
         # a whole transaction is then a single hop from the event loop, not one per statement.
-        sync_url = parsed.set(drivername=parsed.get_backend_name())
-        self.batch_writer: Engine = create_engine(
-            sync_url, pool_size=1, max_overflow=0, **JSON_OPTIONS
-        )
-        if self.is_sqlite:
-            _sqlite_pragmas(self.batch_writer, sqlite_synchronous, immediate=True)
+        self.sync_url = parsed.set(
+            drivername="sqlite" if self.is_sqlite else "postgresql+psycopg"
+        ).render_as_string(hide_password=False)
+        self._sqlite_synchronous = sqlite_synchronous
+        self.batch_writer: Engine = self.sync_engine()
         self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsvc-writer")
 
+    def sync_engine(self) -> Engine:
+        """A blocking engine of one connection, for a thread of its own."""
+        engine = create_engine(
+            self.sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True, **JSON_OPTIONS
+        )
+        if self.is_sqlite:
+            _sqlite_pragmas(engine, self._sqlite_synchronous, immediate=True)
+        return engine
+
+    def hold_exclusively(self) -> None:
+        """SQLite is for one server process: a second one on the same file refuses to start.
+        The lock is an flock on a file beside the database, released when the process ends,
+        however it ends (the database file itself is never opened outside SQLite)."""
+        database = make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return
+        path = Path(database).resolve().with_suffix(Path(database).suffix + ".serve-lock")
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SingleProcessOnly(
+                f"another flowsvc server already serves {database}: SQLite is for one server "
+                "process; run several replicas on PostgreSQL (--database-url postgresql://...)"
+            ) from None
+        self._serve_lock = handle
+
     async def migrate(self) -> None:
-        async with self._write_lock, self.writer.begin() as conn:
+        async with self.write() as conn:
             await conn.run_sync(_run_migrations)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.writer.begin() as conn:
-            yield conn
+        with unavailable_when_unreachable():
+            if self._write_lock is None:
+                async with self.writer.begin() as conn:
+                    yield conn
+                return
+            async with self._write_lock, self.writer.begin() as conn:
+                yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.reader.connect() as conn:
-            yield conn
+        with unavailable_when_unreachable():
+            async with self.reader.connect() as conn:
+                yield conn
 
     async def write_batch(self, work: Callable[[Connection], None]) -> None:
         """Run `work` in one transaction on the batch writer's thread."""
@@ -117,9 +199,13 @@ class Database:
             with self.batch_writer.begin() as conn:
                 work(conn)
 
-        await asyncio.get_running_loop().run_in_executor(self._batch_thread, run)
+        with unavailable_when_unreachable():
+            await asyncio.get_running_loop().run_in_executor(self._batch_thread, run)
 
     async def close(self) -> None:
+        lock = getattr(self, "_serve_lock", None)
+        if lock is not None:
+            lock.close()
         self._batch_thread.shutdown(wait=True)
         self.batch_writer.dispose()
         await self.writer.dispose()

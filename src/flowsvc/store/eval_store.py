@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from typing import Any
+
+from sqlalchemy import literal_column, select, text, update
 
 from flowsvc.domain.evals import EvalJob, EvalJobStatus
 from flowsvc.domain.paging import Page
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import Database
+from flowsvc.store.database import Database, now_ms_sql
 from flowsvc.store.run_codec import eval_job_from, eval_job_row, run_from
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import EvalJobRow, FlowRunRow
@@ -17,16 +19,46 @@ runs = FlowRunRow.__table__  # type: ignore[attr-defined]
 
 
 class SqlEvalStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, owner_id: str, lease_seconds: float) -> None:
         self.db = db
+        self._owner = owner_id
+        now = now_ms_sql(db.dialect_name)
+        self._expires: Any = literal_column(f"{now} + {int(lease_seconds * 1000)}")
+        skip_locked = "" if db.is_sqlite else " FOR UPDATE SKIP LOCKED"
+        self._claim = text(
+            f"UPDATE eval_jobs SET owner_id = :me, lease_expires_ms = {now} + "
+            f"{int(lease_seconds * 1000)} WHERE id IN (SELECT id FROM eval_jobs "
+            f"WHERE status IN ('QUEUED', 'RUNNING') "
+            f"AND (owner_id IS NULL OR lease_expires_ms < {now}) "
+            f"ORDER BY created_at LIMIT :limit{skip_locked}) RETURNING *"
+        ).columns(*jobs.c)
 
-    async def save_job(self, job: EvalJob, *, new: bool) -> None:
+    async def save_job(self, job: EvalJob, *, new: bool) -> bool:
+        """Insert (leased to this replica) or update; an insert of a job that exists already
+        (another replica wrote it first) changes nothing and answers False."""
         values = eval_job_row(job)
         async with self.db.write() as conn:
             if new:
-                await conn.execute(jobs.insert().values(**values))
+                exists = (
+                    await conn.execute(select(jobs.c.id).where(jobs.c.id == job.id))
+                ).first()
+                if exists is not None:
+                    return False
+                await conn.execute(
+                    jobs.insert().values(
+                        **values, owner_id=self._owner, lease_expires_ms=self._expires
+                    )
+                )
             else:
                 await conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+        return True
+
+    async def claim_jobs(self, limit: int) -> list[EvalJob]:
+        """Unfinished jobs nobody live is running, now this replica's (SKIP LOCKED: replicas
+        claiming together take disjoint jobs)."""
+        async with self.db.write() as conn:
+            rows = (await conn.execute(self._claim, {"me": self._owner, "limit": limit})).all()
+        return [eval_job_from(r) for r in rows]
 
     async def get_job(self, org: str, job_id: str) -> EvalJob | None:
         async with self.db.read() as conn:

@@ -80,6 +80,7 @@ def session_row(s: Session) -> dict[str, Any]:
         ],
         "artifact": s.artifact,
         "request_id": s.request_id or None,
+        "request_digest": s.request_digest,
         "last_seq": s.last_seq,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
@@ -110,6 +111,7 @@ def session_from(r: Any) -> Session:
         costs=[Cost(**c) for c in r.costs],
         artifact=r.artifact,
         request_id=r.request_id or "",
+        request_digest=getattr(r, "request_digest", "") or "",
         last_seq=r.last_seq,
     )
 
@@ -179,6 +181,7 @@ def run_row(run: FlowRun) -> dict[str, Any]:
         "eval_options": run.eval_options,
         "parent_run_id": run.parent_run_id,
         "request_id": run.request_id or None,
+        "request_digest": run.request_digest,
         "start_time": run.start_time,
         "end_time": run.end_time,
         "duration_ms": run.duration_ms,
@@ -211,6 +214,8 @@ def run_from(r: Any) -> FlowRun:
         eval_options=r.eval_options,
         parent_run_id=r.parent_run_id,
         request_id=r.request_id or "",
+        request_digest=getattr(r, "request_digest", "") or "",
+        cancel_requested=bool(getattr(r, "cancel_requested", False)),
         start_time=r.start_time,
         end_time=r.end_time,
         duration_ms=r.duration_ms,

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -73,6 +82,7 @@ class LiveFlowRow(SQLModel, table=True):
     current_version_id: str | None = Field(default=None, max_length=36)
     auto_eval_flow_ids: list[str] = Field(sa_column=Column(JSON, nullable=False))
     request_id: str | None = Field(default=None, max_length=128)
+    request_digest: str = Field(default="", max_length=64)
     created_at: datetime = _when()
     updated_at: datetime = _when()
 
@@ -129,6 +139,12 @@ class SessionRow(SQLModel, table=True):
     last_seq: int
     created_at: datetime = _when()
     updated_at: datetime = _when()
+    # The lease: which replica may change this session and run its runs, until when (database
+    # clock, Unix milliseconds), and the fencing epoch every write of the holder is checked on.
+    owner_id: str | None = Field(default=None, max_length=36)
+    lease_epoch: int = Field(default=0)
+    lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
+    request_digest: str = Field(default="", max_length=64)
 
 
 class FlowRunRow(SQLModel, table=True):
@@ -138,6 +154,8 @@ class FlowRunRow(SQLModel, table=True):
         Index("ix_flow_runs_org_flow_created", "organisation_id", "flow_id", "created_at", "id"),
         Index("ix_flow_runs_session_created", "session_id", "created_at", "id"),
         Index("ix_flow_runs_status", "status"),
+        Index("ix_flow_runs_org_status", "organisation_id", "status"),
+        Index("ix_flow_runs_session_status", "session_id", "status"),
         UniqueConstraint("organisation_id", "request_id", name="uq_flow_runs_request"),
     )
 
@@ -166,6 +184,10 @@ class FlowRunRow(SQLModel, table=True):
     cost: float
     created_at: datetime = _when()
     updated_at: datetime = _when()
+    # Set by CancelFlowRun on a replica that does not run it: the owner cancels it.
+    cancel_requested: bool = Field(default=False)
+    # A digest of the request that made the run: a reused request_id must repeat it.
+    request_digest: str = Field(default="", max_length=64)
 
 
 class SessionStepRow(SQLModel, table=True):
@@ -225,6 +247,9 @@ class EvalJobRow(SQLModel, table=True):
     results: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = _when()
     finished_at: datetime | None = _when(nullable=True)
+    # The replica running the job and until when (database clock, Unix milliseconds).
+    owner_id: str | None = Field(default=None, max_length=36)
+    lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
 
 
 metadata = SQLModel.metadata

@@ -1,0 +1,189 @@
+"""The sessions this replica holds: each one leased in the database, with its fencing epoch.
+
+A session is changed (and its runs executed) only by the replica holding its lease. The
+registry claims a lease when a session is first needed here, shares the held session with
+every local user, and gives the lease up once the last user is done; the release commits
+through the journal, fenced like any other write. A renewal thread keeps the leases alive
+and reports the ones another replica took over, which the engine then abandons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from flowsvc.domain.errors import NotFound
+from flowsvc.domain.ports import Leases
+from flowsvc.domain.runs import Journal, Session
+
+log = logging.getLogger("flowsvc.leases")
+
+
+class HeldElsewhere(Exception):
+    """Another live replica holds the session's lease."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(f"session {session.id} is held by another replica")
+        self.session = session
+
+
+@dataclass
+class SessionState:
+    session: Session
+    epoch: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    deleted: bool = False
+    # Set once the lease is being given up: users arriving meanwhile wait, then claim anew.
+    releasing: asyncio.Future[None] | None = None
+    # False until a new session's first journal is committed: there is no row to renew yet.
+    stored: bool = True
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        leases: Leases,
+        record: Callable[[Journal], asyncio.Future[None]],
+        *,
+        lease_seconds: float,
+    ) -> None:
+        self._leases = leases
+        self._record = record
+        self.lease_seconds = lease_seconds
+        self.states: dict[str, SessionState] = {}
+        self._claiming: dict[str, asyncio.Future[None]] = {}
+        # Called on the loop with a session another replica took over.
+        self.on_lost: Callable[[SessionState], None] | None = None
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- holding --------------------------------------------------------------------------
+
+    async def hold(self, org: str, session_id: str, *, wait: float = 0.0) -> SessionState:
+        """The session, leased to this replica; waits up to `wait` seconds for another
+        replica to let it go, then raises HeldElsewhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        pause = 0.02
+        while True:
+            state = self.states.get(session_id)
+            if state is not None:
+                if state.releasing is not None:
+                    await asyncio.shield(state.releasing)
+                    continue
+                if state.session.organisation_id != org or state.deleted:
+                    raise NotFound("session", session_id)
+                return state
+            pending = self._claiming.get(session_id)
+            if pending is not None:
+                await asyncio.shield(pending)
+                continue
+            claiming = self._claiming[session_id] = loop.create_future()
+            try:
+                claim = await self._leases.claim_session(org, session_id)
+            finally:
+                del self._claiming[session_id]
+                claiming.set_result(None)
+            if claim.session is None:
+                raise NotFound("session", session_id)
+            if claim.epoch:
+                state = SessionState(claim.session, claim.epoch)
+                self.states[session_id] = state
+                return state
+            if loop.time() >= deadline:
+                raise HeldElsewhere(claim.session)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def adopt(self, session: Session) -> SessionState:
+        """A session this replica just made: leased to it from its first write (epoch 1)."""
+        state = SessionState(session, 1, stored=False)
+        self.states[session.id] = state
+        return state
+
+    @asynccontextmanager
+    async def using(
+        self, org: str, session_id: str, *, wait: float = 0.0
+    ) -> AsyncIterator[SessionState]:
+        state = await self.hold(org, session_id, wait=wait)
+        state.users += 1
+        try:
+            yield state
+        finally:
+            self.release(state)
+
+    def release(self, state: SessionState) -> None:
+        """One user less; the last one gives the lease up (after its writes are committed)."""
+        state.users -= 1
+        if (
+            state.users > 0
+            or state.lock.locked()
+            or state.releasing is not None
+            or self.states.get(state.session.id) is not state
+        ):
+            return
+        done = state.releasing = asyncio.get_running_loop().create_future()
+        future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
+
+        def released(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.info("lease release not written", extra={"session_id": state.session.id})
+            if self.states.get(state.session.id) is state:
+                del self.states[state.session.id]
+            done.set_result(None)
+
+        future.add_done_callback(released)
+
+    def forget(self, state: SessionState) -> None:
+        """The lease is gone (taken over, or the session deleted): drop the local record."""
+        if self.states.get(state.session.id) is state:
+            del self.states[state.session.id]
+
+    # -- renewal --------------------------------------------------------------------------
+
+    def start_renewal(self, loop: asyncio.AbstractEventLoop) -> None:
+        interval = max(self.lease_seconds / 4, 0.05)
+
+        def renew_forever() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    held = self._snapshot()
+                    if not held:
+                        continue
+                    kept = self._leases.renew([sid for sid, _ in held])
+                except Exception:
+                    log.warning("lease renewal failed", exc_info=True)
+                    continue
+                lost = [(sid, epoch) for sid, epoch in held if sid not in kept]
+                if lost:
+                    loop.call_soon_threadsafe(self._lost, lost)
+
+        self._renewer = threading.Thread(target=renew_forever, name="flowsvc-leases", daemon=True)
+        self._renewer.start()
+
+    def _snapshot(self) -> list[tuple[str, int]]:
+        while True:
+            try:
+                return [(sid, s.epoch) for sid, s in list(self.states.items()) if s.stored]
+            except RuntimeError:
+                continue  # changed on the loop while copied: try again
+
+    def _lost(self, lost: list[tuple[str, int]]) -> None:
+        for sid, epoch in lost:
+            state = self.states.get(sid)
+            if state is None or state.epoch != epoch or state.releasing is not None:
+                continue  # released or claimed anew since the renewal looked
+            log.warning("lease lost to another replica", extra={"session_id": sid})
+            self.forget(state)
+            if self.on_lost is not None:
+                self.on_lost(state)
+
+    def stop_renewal(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)

@@ -1,0 +1,312 @@
+"""Group commit of journals: many runs' moves in one transaction, seqs from the database,
+every session write fenced by its lease epoch.
+
+The engine hands over one Journal per move and does not wait unless it must; the writer
+commits whatever has queued up in one transaction with one statement per table, then
+resolves each journal's future in order. Many concurrent runs share each commit.
+
+In that transaction, in this order:
+1. new sessions, runs and steps are inserted;
+2. each session with new events takes its next seqs (`last_seq = last_seq + n ... RETURNING`):
+   the database allocates them, never a process's memory, and the row lock it takes orders
+   concurrent writers of one session, so seqs become visible in order;
+3. the events are inserted with those seqs;
+4. sessions, runs and steps are updated; a session update names the lease epoch its writer
+   holds, and a journal whose epoch is no longer the session's is refused whole (LeaseLost);
+5. leases given up are released, and sessions with queued runs among them are reported, so
+   the engine claims them again (a run queued while the lease was going away is not lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, false, literal_column, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from flowsvc.domain.errors import LeaseLost, RequestIdTaken
+from flowsvc.domain.runs import Journal, RunEvent, RunStatus, Session
+from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.run_codec import event_row, run_row, session_row, step_row
+from flowsvc.store.tables import FlowRunRow, RunEventRow, SessionRow, SessionStepRow, UTCDateTime
+
+log = logging.getLogger("flowsvc.store")
+
+sessions = SessionRow.__table__  # type: ignore[attr-defined]
+runs = FlowRunRow.__table__  # type: ignore[attr-defined]
+steps = SessionStepRow.__table__  # type: ignore[attr-defined]
+events = RunEventRow.__table__  # type: ignore[attr-defined]
+
+MAX_JOURNALS_PER_COMMIT = 256
+_TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
+# Columns a journal never overwrites: the seq counter is the database's, the lease columns
+# belong to claims and releases, a cancel request to whoever asked, a request's identity
+# to the request.
+_NOT_UPDATED = {
+    "sessions": {"id", "last_seq", "owner_id", "lease_epoch", "lease_expires_ms",
+                 "request_id", "request_digest", "created_at"},
+    "runs": {"id", "cancel_requested", "request_id", "request_digest", "created_at"},
+    "steps": {"id", "created_at"},
+}
+
+
+class _Fenced(Exception):
+    """Inside a batch: some session update found another epoch."""
+
+
+@dataclass
+class _Rows:
+    """A journal turned into row values at the moment it was recorded."""
+
+    inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[tuple[RunEvent, dict[str, Any]]] = field(default_factory=list)
+    release: tuple[str, int] | None = None
+    session: Session | None = None
+
+    @classmethod
+    def of(cls, journal: Journal, owner_id: str) -> _Rows:
+        session_rows: list[dict[str, Any]] = []
+        if journal.session is not None and not journal.release and (
+            journal.session_is_new or journal.epoch
+        ):
+            row = session_row(journal.session)
+            row["lease_epoch"] = journal.epoch
+            if journal.session_is_new:
+                row["owner_id"] = owner_id
+            session_rows.append(row)
+        new = journal.session_is_new
+        return cls(
+            inserts={
+                "sessions": session_rows if new else [],
+                "runs": [run_row(r) for r in journal.new_runs],
+                "steps": [step_row(s) for s in journal.new_steps],
+            },
+            updates={
+                "sessions": [] if new else session_rows,
+                "runs": [run_row(r) for r in journal.runs],
+                "steps": [step_row(s) for s in journal.steps],
+            },
+            events=[(e, event_row(e)) for e in journal.events],
+            release=(journal.session.id, journal.epoch)
+            if journal.release and journal.session is not None
+            else None,
+            session=journal.session,
+        )
+
+
+class _Statement:
+    """A statement compiled once for the batch writer's dialect, with the bind processors of
+    its columns, so a batch goes to the driver's executemany as plain parameters."""
+
+    def __init__(self, statement: Any, dialect: Any, columns: dict[str, Any]) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.positional = bool(compiled.positional)
+        names = list(compiled.positiontup or compiled.bind_names.values())
+        self.plan = []
+        for name in names:
+            key = name.removeprefix("v_")
+            kind = columns[key].type
+            if isinstance(kind, UTCDateTime):
+                processor = kind.fast_bind_processor(dialect)
+            else:
+                processor = kind.dialect_impl(dialect).bind_processor(dialect)
+            self.plan.append((name, key, processor))
+
+    def params(self, rows: Any) -> list[Any]:
+        plan = self.plan
+        if self.positional:
+            return [tuple(p(row[k]) if p else row[k] for _, k, p in plan) for row in rows]
+        return [{n: p(row[k]) if p else row[k] for n, k, p in plan} for row in rows]
+
+
+def _statements(
+    dialect: Any, lease_seconds: float
+) -> tuple[dict[str, _Statement], dict[str, _Statement]]:
+    inserts: dict[str, _Statement] = {}
+    updates: dict[str, _Statement] = {}
+    expires: Any = literal_column(f"{now_ms_sql(dialect.name)} + {int(lease_seconds * 1000)}")
+    for name, table in {**_TABLES, "events": events}.items():
+        columns = {c.name: c for c in table.c}
+        written: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns}
+        if name == "runs":
+            written["cancel_requested"] = false()  # only ever set by a cancel request
+        if name == "sessions":
+            written["lease_expires_ms"] = expires  # a new session is leased to its creator
+        inserts[name] = _Statement(table.insert().values(written), dialect, columns)
+        if name != "events":
+            condition = table.c.id == bindparam("v_id")
+            if name == "sessions":
+                condition = condition & (table.c.lease_epoch == bindparam("v_lease_epoch"))
+            updates[name] = _Statement(
+                update(table)
+                .where(condition)
+                .values({c: bindparam(f"v_{c}") for c in columns if c not in _NOT_UPDATED[name]}),
+                dialect,
+                columns,
+            )
+    return inserts, updates
+
+
+def _merge(
+    batch: Sequence[_Rows],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Last state of each row wins; a row inserted in this batch is inserted in its last state."""
+    inserts: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    updates: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    for rows in batch:
+        for name, values in rows.inserts.items():
+            for row in values:
+                inserts[name][row["id"]] = row
+        for name, values in rows.updates.items():
+            for row in values:
+                if row["id"] in inserts[name]:
+                    inserts[name][row["id"]] = row
+                else:
+                    updates[name][row["id"]] = row
+    return inserts, updates
+
+
+class JournalWriter:
+    def __init__(self, db: Database, owner_id: str, lease_seconds: float) -> None:
+        self.db = db
+        self.owner_id = owner_id
+        self._pending: list[tuple[_Rows, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        dialect = db.batch_writer.dialect
+        self._insert_sql, self._update_sql = _statements(dialect, lease_seconds)
+        self._release_sql = (
+            "UPDATE sessions SET owner_id = NULL, lease_expires_ms = 0 "
+            "WHERE id = {p} AND lease_epoch = {p}"
+        ).format(p="?" if dialect.name == "sqlite" else "%s")
+        self._placeholder = "?" if dialect.name == "sqlite" else "%s"
+        self.commits = 0  # group commits done; read by benchmarks
+        # Called with the ids of sessions committed to, after each commit (event feeds),
+        # and with sessions released while runs were queued on them (the engine claims them).
+        self.on_committed: list[Any] = []
+        self.on_requeue: Any = None
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="flowsvc-journal")
+
+    async def close(self) -> None:
+        while self._pending:
+            self._wake.set()
+            await asyncio.sleep(0.001)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+
+    def record(self, journal: Journal) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((_Rows.of(journal, self.owner_id), future))
+        self._wake.set()
+        if self._writer is None:
+            self.start()
+        return future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_JOURNALS_PER_COMMIT]
+                del self._pending[:MAX_JOURNALS_PER_COMMIT]
+                try:
+                    await self._commit([rows for rows, _ in batch])
+                except Exception as exc:
+                    if not isinstance(exc, _Fenced):
+                        log.warning("group commit failed; committing journals one by one",
+                                    exc_info=True)
+                    for rows, future in batch:
+                        try:
+                            await self._commit([rows])
+                        except _Fenced:
+                            future.set_exception(LeaseLost("the session's lease was lost"))
+                        except IntegrityError as exc:
+                            # Only request ids are unique beyond primary keys the writer
+                            # allocates itself: another request committed this one's id.
+                            future.set_exception(RequestIdTaken(str(exc.orig)))
+                        except Exception as one:
+                            if not future.done():
+                                future.set_exception(one)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+    async def _commit(self, batch: Sequence[_Rows]) -> None:
+        inserts, updates = _merge(batch)
+        new_events = [pair for rows in batch for pair in rows.events]
+        releases = [rows.release for rows in batch if rows.release is not None]
+        requeue: list[str] = []
+
+        def write(conn: Connection) -> None:
+            for name in ("sessions", "runs", "steps"):
+                if inserts[name]:
+                    statement = self._insert_sql[name]
+                    conn.exec_driver_sql(statement.sql, statement.params(inserts[name].values()))
+            if new_events:
+                self._allocate_seqs(conn, [row for _, row in new_events])
+                statement = self._insert_sql["events"]
+                conn.exec_driver_sql(statement.sql, statement.params([r for _, r in new_events]))
+            for name in ("sessions", "runs", "steps"):
+                if updates[name]:
+                    statement = self._update_sql[name]
+                    result = conn.exec_driver_sql(
+                        statement.sql, statement.params(updates[name].values())
+                    )
+                    if name == "sessions" and result.rowcount != len(updates[name]):
+                        raise _Fenced()
+            if releases:
+                conn.exec_driver_sql(self._release_sql, list(releases))
+                ids = [sid for sid, _ in releases]
+                marks = ", ".join(self._placeholder for _ in ids)
+                found = conn.exec_driver_sql(
+                    f"SELECT DISTINCT session_id FROM flow_runs WHERE session_id IN ({marks}) "
+                    f"AND status = '{RunStatus.QUEUED.value}'",
+                    tuple(ids),
+                )
+                requeue.extend(r[0] for r in found)
+
+        await self.db.write_batch(write)
+        self.commits += 1
+        touched: set[str] = set()
+        for rows in batch:
+            for event, row in rows.events:
+                event.seq = row["seq"]
+                touched.add(event.session_id)
+            if rows.session is not None and rows.events:
+                rows.session.last_seq = max(rows.session.last_seq, rows.events[-1][1]["seq"])
+        for listener in self.on_committed:
+            listener(touched)
+        if requeue and self.on_requeue is not None:
+            self.on_requeue(requeue)
+
+    def _allocate_seqs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["session_id"]] = counts.get(row["session_id"], 0) + 1
+        p = self._placeholder
+        cases = " ".join(f"WHEN {p} THEN {n}" for n in counts.values())
+        marks = ", ".join(p for _ in counts)
+        result = conn.exec_driver_sql(
+            f"UPDATE sessions SET last_seq = last_seq + CASE id {cases} END "
+            f"WHERE id IN ({marks}) RETURNING id, last_seq",
+            (*counts, *counts),
+        )
+        next_seq = {sid: last - counts[sid] for sid, last in result}
+        for row in rows:
+            sid = row["session_id"]
+            if sid not in next_seq:
+                raise _Fenced()  # the session was deleted meanwhile: nothing to write to
+            next_seq[sid] += 1
+            row["seq"] = next_seq[sid]

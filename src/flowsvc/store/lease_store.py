@@ -1,0 +1,228 @@
+"""Leases in SQL: which replica may change a session and run its runs.
+
+A claim is one conditional UPDATE that takes a free or expired lease and increments the
+session's epoch (the fencing token every later write of the holder names); time is the
+database's clock, so replicas on machines whose clocks differ agree on expiry. Renewal runs
+on a thread of its own with its own connection: a busy event loop cannot starve it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from flowsvc.domain.errors import RequestIdTaken
+from flowsvc.domain.ports import SessionClaim
+from flowsvc.domain.runs import FlowRun, RunStatus
+from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.run_codec import run_from, run_row, session_from
+from flowsvc.store.tables import FlowRunRow, SessionRow
+
+runs = FlowRunRow.__table__  # type: ignore[attr-defined]
+sessions = SessionRow.__table__  # type: ignore[attr-defined]
+_ACTIVE_SQL = "('QUEUED', 'RUNNING')"
+
+
+@dataclass
+class SqlLeases:
+    db: Database
+    owner_id: str
+    lease_seconds: float
+
+    def __post_init__(self) -> None:
+        now = now_ms_sql(self.db.dialect_name)
+        self._now = now
+        ttl = int(self.lease_seconds * 1000)
+        self._claim = text(
+            f"UPDATE sessions SET owner_id = :me, lease_epoch = lease_epoch + 1, "
+            f"lease_expires_ms = {now} + {ttl} "
+            f"WHERE id = :id AND organisation_id = :org "
+            f"AND (owner_id IS NULL OR owner_id = :me OR lease_expires_ms < {now}) "
+            f"RETURNING *"
+        ).columns(*sessions.c)
+        self._renew_sql = (
+            f"UPDATE sessions SET lease_expires_ms = {now} + {ttl} "
+            f"WHERE owner_id = :me AND id IN ({{ids}}) RETURNING id"
+        )
+        self._renew_jobs = text(
+            f"UPDATE eval_jobs SET lease_expires_ms = {now} + {ttl} "
+            f"WHERE owner_id = :me AND status IN {_ACTIVE_SQL}"
+        )
+        self._renewer: Engine | None = None
+
+    async def claim_session(self, org: str, session_id: str) -> SessionClaim:
+        """Take the session's lease if it is free, expired or already this replica's."""
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(self._claim, {"me": self.owner_id, "id": session_id, "org": org})
+            ).first()
+            if row is not None:
+                return SessionClaim(session_from(row), row.lease_epoch)
+            held = (
+                await conn.execute(
+                    text(
+                        "SELECT * FROM sessions WHERE id = :id AND organisation_id = :org"
+                    ).columns(*sessions.c),
+                    {"id": session_id, "org": org},
+                )
+            ).first()
+        return SessionClaim(None if held is None else session_from(held), 0)
+
+    async def claimable(self, limit: int) -> list[tuple[str, str]]:
+        """(organisation, session) with runs to execute and no live owner: a dead replica's,
+        or queued while the lease was being given up."""
+        query = text(
+            f"SELECT s.organisation_id, s.id FROM sessions s "
+            f"WHERE (s.owner_id IS NULL OR s.lease_expires_ms < {self._now}) "
+            f"AND EXISTS (SELECT 1 FROM flow_runs r WHERE r.session_id = s.id "
+            f"AND r.status IN {_ACTIVE_SQL}) LIMIT :limit"
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query, {"limit": limit})).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def renew(self, session_ids: list[str]) -> set[str]:
+        """Extend this replica's leases; returns those still held (blocking: a thread's)."""
+        if self._renewer is None:
+            self._renewer = self.db.sync_engine()
+        kept: set[str] = set()
+        with self._renewer.begin() as conn:
+            for start in range(0, len(session_ids), 500):
+                chunk = session_ids[start : start + 500]
+                marks = ", ".join(f":i{n}" for n in range(len(chunk)))
+                params: dict[str, Any] = {f"i{n}": sid for n, sid in enumerate(chunk)}
+                params["me"] = self.owner_id
+                rows = conn.execute(text(self._renew_sql.format(ids=marks)), params)
+                kept.update(r[0] for r in rows)
+            conn.execute(self._renew_jobs, {"me": self.owner_id})
+        return kept
+
+    def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.dispose()
+
+    async def active_runs(self, session_id: str) -> list[FlowRun]:
+        """The session's QUEUED and RUNNING runs, oldest first (a RUNNING one before all)."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT * FROM flow_runs WHERE session_id = :sid "
+                        f"AND status IN {_ACTIVE_SQL} ORDER BY created_at, id"
+                    ).columns(*runs.c),
+                    {"sid": session_id},
+                )
+            ).all()
+        found = [run_from(r) for r in rows]
+        found.sort(key=lambda r: r.status is not RunStatus.RUNNING)
+        return found
+
+    async def active_runs_of_flow(self, org: str, flow_id: str) -> list[FlowRun]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT * FROM flow_runs WHERE organisation_id = :org "
+                        f"AND flow_id = :flow AND status IN {_ACTIVE_SQL}"
+                    ).columns(*runs.c),
+                    {"org": org, "flow": flow_id},
+                )
+            ).all()
+        return [run_from(r) for r in rows]
+
+    async def count_active_runs(self, org: str) -> int:
+        async with self.db.read() as conn:
+            return int(
+                (
+                    await conn.execute(
+                        text(
+                            f"SELECT count(*) FROM flow_runs WHERE organisation_id = :org "
+                            f"AND status IN {_ACTIVE_SQL}"
+                        ),
+                        {"org": org},
+                    )
+                ).scalar_one()
+            )
+
+    async def insert_queued_run(self, run: FlowRun, *, only_if_idle: bool) -> bool:
+        """Insert a QUEUED run; with only_if_idle (REJECT), only if its session has no run
+        going, decided under the session's row lock so two replicas cannot both see it idle."""
+        async with self.db.write() as conn:
+            if only_if_idle:
+                await _lock_session(conn, run.session_id)
+                busy = (
+                    await conn.execute(
+                        text(
+                            f"SELECT 1 FROM flow_runs WHERE session_id = :sid "
+                            f"AND status IN {_ACTIVE_SQL} LIMIT 1"
+                        ),
+                        {"sid": run.session_id},
+                    )
+                ).first()
+                if busy is not None:
+                    return False
+            try:
+                await conn.execute(runs.insert().values(run_row(run)))
+            except IntegrityError as exc:
+                raise RequestIdTaken(run.request_id) from exc
+        return True
+
+    async def request_cancel(self, org: str, run_id: str) -> bool:
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                text(
+                    f"UPDATE flow_runs SET cancel_requested = :yes WHERE id = :id "
+                    f"AND organisation_id = :org AND status IN {_ACTIVE_SQL}"
+                ),
+                {"id": run_id, "org": org, "yes": True},
+            )
+        return bool(result.rowcount)
+
+    async def cancel_requests(self) -> list[str]:
+        """Active runs somebody asked to cancel."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT id FROM flow_runs WHERE status IN {_ACTIVE_SQL} "
+                        f"AND cancel_requested = :yes"
+                    ),
+                    {"yes": True},
+                )
+            ).all()
+        return [r[0] for r in rows]
+
+    async def release_all(self) -> None:
+        """Shutdown: give up every lease now, so other replicas take over at once."""
+        async with self.db.write() as conn:
+            for table in ("sessions", "eval_jobs"):
+                await conn.execute(
+                    text(
+                        f"UPDATE {table} SET owner_id = NULL, lease_expires_ms = 0 "
+                        f"WHERE owner_id = :me"
+                    ),
+                    {"me": self.owner_id},
+                )
+
+    async def forget_dead_owners(self) -> None:
+        """SQLite only, on start: one process serves the file, so every lease is stale."""
+        async with self.db.write() as conn:
+            for table in ("sessions", "eval_jobs"):
+                await conn.execute(
+                    text(
+                        f"UPDATE {table} SET owner_id = NULL, lease_expires_ms = 0 "
+                        f"WHERE owner_id IS NOT NULL"
+                    )
+                )
+
+
+async def _lock_session(conn: Any, session_id: str) -> None:
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT 1 FROM sessions WHERE id = :sid FOR UPDATE"), {"sid": session_id}
+        )
+    # SQLite: the write transaction began IMMEDIATE and already excludes every other writer.

@@ -60,3 +60,11 @@ def anonymous(deployment: Deployment) -> Iterator[Client]:
 @pytest.fixture
 def examples() -> Path:
     return Path(__file__).resolve().parent.parent / "examples"
+
+
+def pytest_report_header() -> str:
+    from tests import postgres
+
+    if postgres.reachable():
+        return f"postgresql: {postgres.ADMIN.rsplit('@', 1)[-1]} (PostgreSQL tests run)"
+    return f"postgresql: {postgres.SKIP_REASON}: the PostgreSQL tests skip"

@@ -222,9 +222,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     sessions = Sessions(engine, flow_runs, store, run_store, hub, settings.limits, settings.clock)
 
+    guard = CallGuard(keys, settings.max_request_bytes)
     server = grpc.aio.server(
-        interceptors=[CallGuard(keys)],
-        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes)],
+        interceptors=[guard],
+        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", guard.core_receive_limit)],
     )
     live_flow_service_pb2_grpc.add_LiveFlowServiceServicer_to_server(
         LiveFlowServicer(catalog), server

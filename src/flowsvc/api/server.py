@@ -83,6 +83,7 @@ class FlowServer:
     sessions: Sessions
     evaluations: Evaluations
     closers: list[Callable[[], Awaitable[None]]]
+    hub: Hub
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -109,10 +110,14 @@ class FlowServer:
                 log.exception("expiry sweep failed")
 
     async def stop(self, grace: float | None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds;
-        then stop run tasks (they resume on the next start) and close the database."""
+        """Drain: report NOT_SERVING, end event streams, refuse new calls, give in-flight ones
+        `grace` seconds; then stop run tasks (they resume on the next start) and close the
+        database."""
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Event streams never finish on their own: end them now (UNAVAILABLE, with the seq to
+        # resume after) so that the grace period is only spent on calls doing work.
+        self.hub.shut_down()
         await self.grpc_server.stop(grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -269,6 +274,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
             sessions,
             evaluations,
             closers,
+            hub,
         ),
         port,
     )

@@ -76,3 +76,7 @@ class PermissionDenied(DomainError):
 
 class DeadlineExceeded(DomainError):
     pass
+
+
+class Unavailable(DomainError):
+    """This server cannot go on with the call (it is shutting down); another one can."""

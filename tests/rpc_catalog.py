@@ -48,18 +48,41 @@ def all_rpcs() -> list[Rpc]:
     return out
 
 
+def _serialize(request: Any) -> bytes:
+    # Raw bytes go on the wire as they are: the server sees whatever a broken client sends.
+    return request if isinstance(request, bytes) else request.SerializeToString()  # type: ignore[no-any-return]
+
+
 def caller(channel: grpc.Channel, rpc: Rpc) -> Callable[..., Any]:
     if rpc.streaming:
         return channel.unary_stream(
-            rpc.path,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=lambda b: b,
+            rpc.path, request_serializer=_serialize, response_deserializer=lambda b: b
         )
     return channel.unary_unary(
-        rpc.path,
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=lambda b: b,
+        rpc.path, request_serializer=_serialize, response_deserializer=lambda b: b
     )
+
+
+def failure(
+    channel: grpc.Channel,
+    rpc: Rpc,
+    request: Any,
+    metadata: list[tuple[str, str]],
+    timeout: float = 10,
+) -> grpc.RpcError | None:
+    """The error an RPC answers with, if any; a stream is read for at most `timeout` seconds.
+    `request` is a message, or bytes sent as they are."""
+    call = caller(channel, rpc)
+    try:
+        if rpc.streaming:
+            stream = call(request, metadata=metadata, timeout=timeout)
+            for _ in stream:
+                pass
+        else:
+            call(request, metadata=metadata, timeout=timeout)
+    except grpc.RpcError as err:
+        return err
+    return None
 
 
 def invoke(
@@ -70,17 +93,8 @@ def invoke(
     timeout: float = 10,
 ) -> grpc.StatusCode:
     """The status an RPC answers with; a stream is read for at most `timeout` seconds."""
-    call = caller(channel, rpc)
-    try:
-        if rpc.streaming:
-            stream = call(request, metadata=metadata, timeout=timeout)
-            for _ in stream:
-                pass
-        else:
-            call(request, metadata=metadata, timeout=timeout)
-    except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
+    err = failure(channel, rpc, request, metadata, timeout)
+    return grpc.StatusCode.OK if err is None else err.code()
 
 
 FieldDescriptor = descriptor.FieldDescriptor

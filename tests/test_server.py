@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowsvc.api.server import SERVICE_NAMES
@@ -46,6 +47,39 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
     assert server.wait() == 0
     messages = [e["msg"] for e in iter_lines(tmp_path / "server.log")]
     assert messages[-2:] == ["draining", "stopped"]
+
+
+def test_sigterm_ends_an_idle_watch_at_once_with_a_resume_hint(tmp_path: Path) -> None:
+    """Streams never finish by themselves: the drain ends them rather than wait out the grace
+    period (deliberately long here), and tells the client where to resume."""
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.graphs import struct
+
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    server = ChildServer(url, tmp_path / "server.log", {"FLOWSVC_GRACE_SECONDS": "30"})
+    try:
+        c = connect(server.address, bearer(key))
+        flow = c.flows.CreateLiveFlow(create_request())
+        run = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
+        last = max(e.seq for e in c.runs.WatchRun(fr.WatchRunRequest(run_id=run.id)))
+        watch = c.sessions.WatchSession(
+            ss.WatchSessionRequest(session_id=run.session_id, after_seq=last - 1), timeout=20
+        )
+        assert next(watch).seq == last  # caught up: from here on the stream is idle
+
+        server.signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as info:
+            next(watch)
+        c.close()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+        assert f"resume with after_seq={last}" in (info.value.details() or "")
+        assert server.wait(timeout=15) == 0  # well inside the 30 s grace period
+    finally:
+        if server.proc.poll() is None:  # a failed run must not leave the server behind
+            server.proc.kill()
+            server.wait()
 
 
 def test_sigint_exits_zero(tmp_path: Path) -> None:

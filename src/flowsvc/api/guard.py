@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from flowsvc.api.decode import Refusal, checked, core_receive_limit
 from flowsvc.api.status import rich_status, status_of
 from flowsvc.domain.errors import DomainError, Unauthenticated
 from flowsvc.domain.keys import Keys
@@ -77,8 +78,11 @@ class _Outcome:
 
 
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, max_request_bytes: int) -> None:
         self._keys = keys
+        self._max_request_bytes = max_request_bytes
+        # For grpc.max_receive_message_length: see decode.CORE_LIMIT_FACTOR.
+        self.core_receive_limit = core_receive_limit(max_request_bytes)
 
     async def _enter(self, method: str, metadata: dict[str, str]) -> Principal | None:
         if method.startswith(PUBLIC_PREFIXES):
@@ -115,68 +119,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         if handler is None:
-            return None
+            return None  # grpc answers UNIMPLEMENTED for a method the server does not have
         method: str = details.method
         metadata = {k: v for k, v in (details.invocation_metadata or ()) if isinstance(v, str)}
+        read = checked(handler.request_deserializer, self._max_request_bytes)
 
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started = time.perf_counter()
-                outcome = _Outcome()
-                response = None
-                try:
-                    await self._enter(method, metadata)
-                    response = await inner(request, context)
-                except asyncio.CancelledError:
-                    outcome.code = grpc.StatusCode.CANCELLED
-                    raise
-                except Exception as exc:
-                    outcome.fail(exc, method)
-                finally:
-                    self._log(method, started, outcome.code)
-                await outcome.abort(context)
-                return response
-
             return grpc.unary_unary_rpc_method_handler(
-                unary,
-                request_deserializer=handler.request_deserializer,
+                self._unary(handler.unary_unary, method, metadata),
+                request_deserializer=read,
                 response_serializer=handler.response_serializer,
             )
-
         if handler.unary_stream is not None and not inspect.isasyncgenfunction(
             handler.unary_stream
         ):
-            inner_writer = handler.unary_stream
-
-            async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-                started = time.perf_counter()
-                outcome = _Outcome()
-                watchdog: asyncio.Task[None] | None = None
-                try:
-                    principal = await self._enter(method, metadata)
-                    if principal is not None:
-                        this = asyncio.current_task()
-                        assert this is not None
-                        watchdog = asyncio.create_task(self._guard_stream(principal, this))
-                    await inner_writer(request, context)
-                except asyncio.CancelledError as exc:
-                    task = asyncio.current_task()
-                    if exc.args == (KEY_GONE,) and task is not None:
-                        task.uncancel()
-                        outcome.fail(Unauthenticated("API key revoked or expired"), method)
-                    else:
-                        outcome.code = grpc.StatusCode.CANCELLED
-                        raise
-                except Exception as exc:
-                    outcome.fail(exc, method)
-                finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
-                    self._log(method, started, outcome.code)
-                await outcome.abort(context)
-
             serialize = handler.response_serializer
 
             def pass_bytes(message: Any) -> bytes:
@@ -184,32 +140,116 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return message if isinstance(message, bytes) else serialize(message)
 
             return grpc.unary_stream_rpc_method_handler(
-                writer,
-                request_deserializer=handler.request_deserializer,
+                self._writer(handler.unary_stream, method, metadata),
+                request_deserializer=read,
                 response_serializer=pass_bytes,
             )
-
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def stream(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                started = time.perf_counter()
-                outcome = _Outcome()
-                try:
-                    await self._enter(method, metadata)
-                    async for item in inner_stream(request, context):
-                        yield item
-                except Exception as exc:
-                    outcome.fail(exc, method)
-                finally:
-                    self._log(method, started, outcome.code)
-                await outcome.abort(context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
+        if (
+            method.startswith(PUBLIC_PREFIXES)
+            and handler.stream_stream is not None
+            and inspect.isasyncgenfunction(handler.stream_stream)
+        ):
+            # Reflection: public, so nothing to authenticate; its requests are still checked.
+            return grpc.stream_stream_rpc_method_handler(
+                self._public_stream(handler.stream_stream, method),
+                request_deserializer=read,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        # Fail closed: a handler of a kind the guard does not wrap above (client-streaming, or a
+        # response stream written as an async generator) would run unauthenticated, unscoped and
+        # unlogged. It is refused with UNIMPLEMENTED, not UNAUTHENTICATED or PERMISSION_DENIED:
+        # the fault is the server's, and no key the client could send would get it served.
+        return grpc.stream_stream_rpc_method_handler(self._refused(method))
+
+    def _unary(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            response = None
+            try:
+                await self._enter(method, metadata)
+                if isinstance(request, Refusal):
+                    raise request.error
+                response = await inner(request, context)
+            except asyncio.CancelledError:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                outcome.fail(exc, method)
+            finally:
+                self._log(method, started, outcome.code)
+            await outcome.abort(context)
+            return response
+
+        return unary
+
+    def _writer(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
+        async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            watchdog: asyncio.Task[None] | None = None
+            try:
+                principal = await self._enter(method, metadata)
+                if isinstance(request, Refusal):
+                    raise request.error
+                if principal is not None:
+                    this = asyncio.current_task()
+                    assert this is not None
+                    watchdog = asyncio.create_task(self._guard_stream(principal, this))
+                await inner(request, context)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if exc.args == (KEY_GONE,) and task is not None:
+                    task.uncancel()
+                    outcome.fail(Unauthenticated("API key revoked or expired"), method)
+                else:
+                    outcome.code = grpc.StatusCode.CANCELLED
+                    raise
+            except Exception as exc:
+                outcome.fail(exc, method)
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._log(method, started, outcome.code)
+            await outcome.abort(context)
+
+        return writer
+
+    def _public_stream(self, inner: Any, method: str) -> Any:
+        async def requests(incoming: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in incoming:
+                if isinstance(request, Refusal):
+                    raise request.error
+                yield request
+
+        async def stream(
+            incoming: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            try:
+                async for item in inner(requests(incoming), context):
+                    yield item
+            except asyncio.CancelledError:
+                outcome.code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:
+                outcome.fail(exc, method)
+            finally:
+                self._log(method, started, outcome.code)
+            await outcome.abort(context)
+
+        return stream
+
+    def _refused(self, method: str) -> Any:
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            started = time.perf_counter()
+            outcome = _Outcome()
+            code = grpc.StatusCode.UNIMPLEMENTED
+            message = f"{method} is not available: the server cannot authenticate calls of its kind"
+            outcome.code = code
+            outcome.failure = (code, message, rich_status(code, message, []))
+            self._log(method, started, outcome.code)
+            await outcome.abort(context)
+
+        return refuse

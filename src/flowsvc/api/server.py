@@ -133,9 +133,13 @@ class FlowServer:
                 log.exception("expiry sweep failed")
 
     async def stop(self, grace: float | None) -> None:
-        """Drain: report NOT_SERVING, refuse new calls, give in-flight ones `grace` seconds;
-        then stop run tasks (they resume on the next start) and close the database."""
+        """Drain: report NOT_SERVING, end event streams, refuse new calls, give in-flight ones
+        `grace` seconds; then stop run tasks (other replicas, or the next start, resume them)
+        and close the database."""
         await self.set_health(False)
+        # Event streams never finish on their own: end them now (UNAVAILABLE, with the seq to
+        # resume after) so that the grace period is only spent on calls doing work.
+        self.hub.shut_down()
         await self.grpc_server.stop(grace)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -280,9 +284,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     catalog = FlowCatalog(store, settings.limits, run_store, flow_runs.stop_flow_runs)
 
+    guard = CallGuard(keys, settings.max_request_bytes)
     server = grpc.aio.server(
-        interceptors=[CallGuard(keys)],
-        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes)],
+        interceptors=[guard],
+        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", guard.core_receive_limit)],
     )
     live_flow_service_pb2_grpc.add_LiveFlowServiceServicer_to_server(
         LiveFlowServicer(catalog), server

@@ -79,7 +79,8 @@ class DeadlineExceeded(DomainError):
 
 
 class Unavailable(DomainError):
-    """The database cannot be reached: try again (elsewhere)."""
+    """This server cannot go on with the call (it is shutting down, or its database cannot be
+    reached); the same call can succeed again, here later or on another replica."""
 
 
 class LeaseLost(Exception):

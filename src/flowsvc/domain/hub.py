@@ -18,6 +18,9 @@ class Subscription:
         self.queue: deque[RunEvent] = deque()
         self.overflowed = False
         self.closed: str | None = None
+        # Closed because the server is going away, not because the session ended: the
+        # subscriber is told to resume elsewhere rather than that the stream is complete.
+        self.shutting_down = False
         self._ready = asyncio.Event()
 
     def push(self, event: RunEvent) -> None:
@@ -33,6 +36,10 @@ class Subscription:
     def close(self, reason: str) -> None:
         self.closed = reason
         self._ready.set()
+
+    def shut_down(self) -> None:
+        self.shutting_down = True
+        self.close("server shutting down")
 
     async def wait(self) -> None:
         await self._ready.wait()
@@ -55,9 +62,12 @@ class Hub:
         # The highest seq published (or replayed) per session with subscribers: where an
         # event feed reads on from when another replica commits to that session.
         self.positions: dict[str, int] = {}
+        self._shut_down = False
 
     def subscribe(self, session_id: str) -> Subscription:
         sub = Subscription(session_id, self.capacity)
+        if self._shut_down:
+            sub.shut_down()  # a stream that opens while the server drains ends at once too
         self._subscribers[session_id].add(sub)
         return sub
 
@@ -98,3 +108,11 @@ class Hub:
     def close_session(self, session_id: str, reason: str) -> None:
         for sub in list(self._subscribers.get(session_id, ())):
             sub.close(reason)
+
+    def shut_down(self) -> None:
+        """End every subscription, now and from now on. Idle streams would otherwise hold a
+        drain for its whole grace period; their clients resume on another server by seq."""
+        self._shut_down = True
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.shut_down()

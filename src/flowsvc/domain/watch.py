@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from flowsvc.domain.errors import ResourceExhausted
+from flowsvc.domain.errors import ResourceExhausted, Unavailable
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.ports import RunStore
 from flowsvc.domain.runs import EventType, RunEvent
 
 REPLAY_BATCH = 500
+
+
+def _shutting_down(last: int) -> Unavailable:
+    return Unavailable(f"server shutting down; resume with after_seq={last}")
 
 
 async def follow(
@@ -37,6 +41,8 @@ async def follow(
         while True:
             batch = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
             for event in batch:
+                if sub.shutting_down:
+                    raise _shutting_down(last)
                 last = event.seq
                 yield event
                 # In the record, a run that waited for input may have gone on since.
@@ -85,6 +91,8 @@ async def follow(
                 yield event
                 if run_id and event.type.ends_run_stream:
                     return
+            if sub.shutting_down:
+                raise _shutting_down(last)
             if sub.closed is not None:
                 return
     finally:

@@ -80,20 +80,13 @@ class ChildServer:
     """`python -m flowsvc serve` as a separate process, as an operator runs it."""
 
     def __init__(self, database_url: str, log_path: Path, extra_env: dict[str, str] | None = None):
+        """An empty database_url leaves the choice to the server's defaults."""
         env = {**os.environ, **(extra_env or {})}
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        database = ["--database-url", database_url] if database_url else []
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowsvc",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                database_url,
-            ],
+            [sys.executable, "-m", "flowsvc", "serve", "--listen", "127.0.0.1:0", *database],
             stdout=self._log,
             stderr=self._log,
             env=env,

@@ -41,12 +41,12 @@ def test_wrong_secret_is_unauthenticated(deployment: Deployment) -> None:
 
 def test_api_key_header_is_accepted(deployment: Deployment) -> None:
     c = connect(deployment.address, [("api-key", deployment.acme_key)])
-    c.flows.ListLiveFlows(LIST)
+    assert c.flows.CreateLiveFlow(create_request()).organisation_id == "acme"
 
 
 def test_matching_current_org_id_is_accepted(deployment: Deployment) -> None:
     c = connect(deployment.address, [("api-key", deployment.acme_key), ("current-org-id", "acme")])
-    c.flows.ListLiveFlows(LIST)
+    assert c.flows.CreateLiveFlow(create_request()).organisation_id == "acme"
 
 
 def test_other_current_org_id_is_permission_denied(deployment: Deployment) -> None:

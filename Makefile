@@ -46,4 +46,4 @@ lint: install $(BUF)
 	$(BUF) lint
 
 clean:
-	rm -rf $(VENV) .tools var
+	rm -rf $(VENV) .tools

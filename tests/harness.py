@@ -18,7 +18,10 @@ from typing import Any
 import grpc
 
 from flowsvc.api.server import FlowServer, create_server
-from flowsvc.config import Settings
+from flowsvc.config import Settings, normalize_database_url
+from flowsvc.domain.keys import Keys
+from flowsvc.store.database import Database
+from flowsvc.store.sql_store import SqlStore
 from flowsvc.v1 import (
     eval_service_pb2_grpc,
     flow_run_service_pb2_grpc,
@@ -34,25 +37,18 @@ def sqlite_url(path: Path) -> str:
 
 
 def mint_key(database_url: str, org: str) -> str:
-    """Mint a key the way an operator does: the real CLI, last line of its output."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowsvc",
-            "keys",
-            "create",
-            "--org",
-            org,
-            "--database-url",
-            database_url,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return out.stdout.strip().splitlines()[-1]
+    """A key for `org`, minted through the domain straight into the database: what `keys
+    create` does, without starting a process. Tests of the command itself run the CLI."""
+
+    async def mint() -> str:
+        database = Database(normalize_database_url(database_url))
+        try:
+            await database.migrate()
+            return (await Keys(SqlStore(database)).mint(org)).secret
+        finally:
+            await database.close()
+
+    return asyncio.run(mint())
 
 
 class InProcessServer:
@@ -80,20 +76,13 @@ class ChildServer:
     """`python -m flowsvc serve` as a separate process, as an operator runs it."""
 
     def __init__(self, database_url: str, log_path: Path, extra_env: dict[str, str] | None = None):
+        """An empty database_url leaves the choice to the server's defaults."""
         env = {**os.environ, **(extra_env or {})}
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
+        database = ["--database-url", database_url] if database_url else []
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "flowsvc",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                database_url,
-            ],
+            [sys.executable, "-m", "flowsvc", "serve", "--listen", "127.0.0.1:0", *database],
             stdout=self._log,
             stderr=self._log,
             env=env,

@@ -320,13 +320,42 @@ def test_hostile_graphs_are_refused_precisely(deployment: Deployment, name: str)
         c.close()
 
 
-def test_unknown_enum_values_are_refused(deployment: Deployment) -> None:
+def _with_unknown_enum(request: Any, path: str) -> Any:
+    *parents, name = path.split(".")
+    target = request
+    for parent in parents:
+        target = getattr(target, parent)
+    setattr(target, name, 99)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    [
+        ("GetLiveFlow", "view"),
+        ("ListSessions", "status"),
+        ("RunFlow", "options.eval_options.run_mode"),
+    ],
+)
+def test_unknown_enum_values_are_refused(deployment: Deployment, method: str, field: str) -> None:
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.errors import invalid
+
     c = connect(deployment.address, bearer(deployment.acme_key))
     flow = c.flows.CreateLiveFlow(create_request())
-    request = lf.GetLiveFlowRequest(id=flow.id)
-    request.view = 99  # type: ignore[assignment]
-    got = c.flows.GetLiveFlow(request)  # an unknown view reads as the default (BASIC)
-    assert got.id == flow.id and not got.sessions
+    calls = {
+        "GetLiveFlow": lambda: c.flows.GetLiveFlow(
+            _with_unknown_enum(lf.GetLiveFlowRequest(id=flow.id), field)
+        ),
+        "ListSessions": lambda: c.sessions.ListSessions(
+            _with_unknown_enum(ss.ListSessionsRequest(live_flow_id=flow.id), field)
+        ),
+        "RunFlow": lambda: c.runs.RunFlow(
+            _with_unknown_enum(fr.RunFlowRequest(flow_id=flow.id), field)
+        ),
+    }
+    assert "unknown" in invalid(calls[method])[field]
     c.close()
 
 

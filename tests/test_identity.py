@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -13,7 +16,7 @@ from flowsvc.v1 import resources_pb2 as pb
 from tests.conftest import Deployment
 from tests.errors import rpc_error
 from tests.graphs import chain5, create_request
-from tests.harness import Client, connect
+from tests.harness import ChildServer, Client, connect
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 LIST = svc.ListLiveFlowsRequest()
@@ -38,12 +41,12 @@ def test_wrong_secret_is_unauthenticated(deployment: Deployment) -> None:
 
 def test_api_key_header_is_accepted(deployment: Deployment) -> None:
     c = connect(deployment.address, [("api-key", deployment.acme_key)])
-    c.flows.ListLiveFlows(LIST)
+    assert c.flows.CreateLiveFlow(create_request()).organisation_id == "acme"
 
 
 def test_matching_current_org_id_is_accepted(deployment: Deployment) -> None:
     c = connect(deployment.address, [("api-key", deployment.acme_key), ("current-org-id", "acme")])
-    c.flows.ListLiveFlows(LIST)
+    assert c.flows.CreateLiveFlow(create_request()).organisation_id == "acme"
 
 
 def test_other_current_org_id_is_permission_denied(deployment: Deployment) -> None:
@@ -87,6 +90,32 @@ def test_key_command_prints_key_alone_on_last_line(deployment: Deployment) -> No
     assert last.startswith("fsk_") and " " not in last
     c = connect(deployment.address, [("api-key", last)])
     assert c.flows.CreateLiveFlow(create_request()).organisation_id == "initech"
+
+
+def test_keys_made_anywhere_work_against_a_server_started_anywhere(tmp_path: Path) -> None:
+    # No database URL anywhere: both must find the same default, whatever their directories.
+    env = {**os.environ, "FLOWSVC_DATABASE_URL": "", "FLOWSVC_DATA_DIR": str(tmp_path / "data")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    minted = subprocess.run(
+        [sys.executable, "-m", "flowsvc", "keys", "create", "--org", "acme"],
+        cwd=elsewhere,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"keys in sqlite+aiosqlite:///{tmp_path / 'data' / 'flowsvc.db'}" in minted.stderr
+    assert list(elsewhere.iterdir()) == []
+    server = ChildServer("", tmp_path / "serve.log", extra_env=env)
+    try:
+        c = connect(server.address, [("api-key", minted.stdout.strip().splitlines()[-1])])
+        assert list(c.flows.ListLiveFlows(LIST).live_flows) == []
+        c.close()
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait()
 
 
 def test_key_command_refuses_bad_org(deployment: Deployment) -> None:

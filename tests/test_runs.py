@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+from datetime import timedelta
 
 import grpc
 
@@ -46,8 +47,9 @@ def test_run_reports_messages_and_timing(client: Client) -> None:
     r = run(client, make_flow(client))
     assert r.user_message.role == "user" and r.user_message.content == "why is the sky blue?"
     assert r.ai_message.role == "assistant" and r.ai_message.content == r.response
-    assert r.start_time.ToDatetime() <= r.end_time.ToDatetime()
-    assert r.duration_ms >= 0 and r.created_at.seconds > 0
+    start, end = r.start_time.ToDatetime(), r.end_time.ToDatetime()
+    assert r.created_at.ToDatetime() <= start <= end
+    assert r.duration_ms == (end - start) // timedelta(milliseconds=1)
     assert r.session_id and r.version == 1
 
 

@@ -10,8 +10,8 @@ import pytest
 import trustme
 
 from flowsvc.config import Settings
-from flowsvc.v1 import live_flow_service_pb2 as lf
 from flowsvc.v1 import live_flow_service_pb2_grpc as lf_grpc
+from tests.graphs import create_request
 from tests.harness import InProcessServer, mint_key, sqlite_url
 
 
@@ -55,10 +55,12 @@ def mtls_server(tmp_path: Path, ca: trustme.CA) -> Iterator[tuple[InProcessServe
     yield from _server(tmp_path, ca, mutual=True)
 
 
-def _list(channel: grpc.Channel, key: str) -> None:
-    lf_grpc.LiveFlowServiceStub(channel).ListLiveFlows(
-        lf.ListLiveFlowsRequest(), metadata=(("api-key", key),), timeout=10
+def _create(channel: grpc.Channel, key: str) -> str:
+    """A flow made over the channel: its organisation, which only a served call can give."""
+    flow = lf_grpc.LiveFlowServiceStub(channel).CreateLiveFlow(
+        create_request(), metadata=(("api-key", key),), timeout=10
     )
+    return flow.organisation_id
 
 
 def test_tls_client_that_trusts_the_ca_is_served(
@@ -67,7 +69,7 @@ def test_tls_client_that_trusts_the_ca_is_served(
     server, key, root = tls_server
     creds = grpc.ssl_channel_credentials(root_certificates=root.read_bytes())
     with grpc.secure_channel(server.address, creds) as channel:
-        _list(channel, key)
+        assert _create(channel, key) == "acme"
 
 
 def test_plaintext_client_cannot_talk_to_a_tls_server(
@@ -75,7 +77,7 @@ def test_plaintext_client_cannot_talk_to_a_tls_server(
 ) -> None:
     server, key, _ = tls_server
     with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as info:
-        _list(channel, key)
+        _create(channel, key)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -88,7 +90,7 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(
         grpc.secure_channel(server.address, creds) as channel,
         pytest.raises(grpc.RpcError) as info,
     ):
-        _list(channel, key)
+        _create(channel, key)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -103,4 +105,4 @@ def test_mutual_tls_serves_a_client_with_a_certificate(
         certificate_chain=b"".join(b.bytes() for b in client_cert.cert_chain_pems),
     )
     with grpc.secure_channel(server.address, creds) as channel:
-        _list(channel, key)
+        assert _create(channel, key) == "acme"

@@ -64,11 +64,13 @@ def test_readme_flow_walkthrough_creates_versions_and_fetches(
     lines = result.stdout.splitlines()
     assert "flowsvc.v1.LiveFlowService" in lines and "grpc.health.v1.Health" in lines
     objects = _json_objects(result.stdout)
-    created, fetched, v2, listed = objects[0], objects[1], objects[2], objects[3]
+    created, fetched, v2, listed, updated = objects[:5]
     assert created["name"] == "support-answer"
     assert fetched["id"] == created["id"]
     assert v2["version"] == 2 and v2["flow_id"] == created["id"]
     assert [v["version"] for v in listed["flow_versions"]] == [2, 1]  # type: ignore[index]
+    assert (updated["id"], updated["name"]) == (created["id"], created["name"])
+    assert updated["description"] == "Answers support questions."
 
 
 def test_grpcurl_describes_services_through_reflection(deployment: Deployment) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
+
+from sqlalchemy import make_url
 
 from flowsvc import logs
 from flowsvc.api.server import serve
@@ -29,8 +32,17 @@ def _duration(text: str) -> timedelta:
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])
 
 
+def _shown(url: str) -> str:
+    """The database URL as it may be printed: a password in it is masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 async def _with_keys(settings: Settings, work: Callable[[Keys], Awaitable[T]]) -> T:
-    database = Database(normalize_database_url(settings.database_url))
+    url = normalize_database_url(settings.database_url)
+    # On stderr, so the key stays alone on the last line of stdout. Which database a key went
+    # to is the first question when the server calls it invalid.
+    print(f"flowsvc: keys in {_shown(url)}", file=sys.stderr)
+    database = Database(url)
     try:
         await database.migrate()
         return await work(Keys(SqlStore(database)))
@@ -103,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     logs.configure(settings.log_level)
     if args.command == "serve":
+        # Said before anything else, so an operator sees which database keys must go to.
+        logging.getLogger("flowsvc").info(
+            "database", extra={"database": _shown(normalize_database_url(settings.database_url))}
+        )
         try:
             asyncio.run(serve(settings))
         except (OSError, ValueError) as exc:

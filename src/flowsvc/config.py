@@ -10,15 +10,16 @@ from datetime import datetime
 
 from flowsvc.domain.ids import now
 from flowsvc.domain.limits import Limits
+from flowsvc.locations import default_database_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./var/flowsvc.db"
 
 
 @dataclass(frozen=True)
 class Settings:
     listen: str = DEFAULT_LISTEN
-    database_url: str = DEFAULT_DATABASE_URL
+    # Not relative to the working directory: see flowsvc.locations.
+    database_url: str = field(default_factory=default_database_url)
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cut.
     grace_seconds: float = 10.0
     # NORMAL survives a killed process; FULL also survives power loss, at a cost per commit.
@@ -72,7 +73,7 @@ class Settings:
         env = os.environ
         values: dict[str, object] = {
             "listen": env.get("FLOWSVC_LISTEN", DEFAULT_LISTEN),
-            "database_url": env.get("FLOWSVC_DATABASE_URL", DEFAULT_DATABASE_URL),
+            "database_url": env.get("FLOWSVC_DATABASE_URL") or default_database_url(),
             "grace_seconds": float(env.get("FLOWSVC_GRACE_SECONDS", "10")),
             "sqlite_synchronous": env.get("FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             "read_pool_size": int(env.get("FLOWSVC_READ_POOL_SIZE", "8")),

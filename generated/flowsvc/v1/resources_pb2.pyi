@@ -1178,7 +1178,10 @@ class RunEvent(_message.Message):
     EVAL_JOB_FIELD_NUMBER: _builtins.int
     SESSION_STEP_ID_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
-    """Per session, from 1, gapless, strictly increasing. 0 on STEP_DELTA (live only)."""
+    """Per session, from 1, gapless, strictly increasing, on every event except STEP_DELTA.
+    STEP_DELTA carries 0: deltas are live only, never persisted and never replayed by
+    WatchRun/WatchSession, so they take no place in the sequence (after_seq ignores them).
+    """
     session_id: _builtins.str
     run_id: _builtins.str
     type: Global___RunEventType.ValueType

@@ -202,8 +202,18 @@ _RUN_STATUS = _enum_map(runs.RunStatus, pb.RunStatus, "RUN_STATUS")
 _EVENT_TYPE = _enum_map(runs.EventType, pb.RunEventType, "RUN_EVENT_TYPE")
 
 
-def session_status_from_pb(value: int) -> str:
-    status = _SESSION_STATUS_FROM_PB.get(value)
+def known_enum(value: int, enum: Any, field: str) -> int:
+    """Proto3 enums are open: a number the contract does not define arrives as is. Refuse it
+    rather than read it as the default, which would silently do something the caller did
+    not ask for (no filter, the basic view, an evaluation mode that is none of them)."""
+    if value not in enum.values():
+        raise InvalidArgument.one(field, f"unknown {enum.DESCRIPTOR.name} value {value}")
+    return value
+
+
+def session_status_from_pb(value: int, field: str) -> str:
+    """ "" for UNSPECIFIED (no filter)."""
+    status = _SESSION_STATUS_FROM_PB.get(known_enum(value, pb.SessionStatus, field))
     return "" if status is None else status.value
 
 
@@ -238,6 +248,7 @@ def customer_from_pb(c: pb.Customer) -> runs.Customer:
 
 
 def run_options_from_pb(o: pb.RunOptions) -> RunOptions:
+    known_enum(o.eval_options.run_mode, pb.EvalRunMode, "options.eval_options.run_mode")
     return RunOptions(
         session_id=o.session_id,
         version=o.version,

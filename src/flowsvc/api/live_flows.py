@@ -6,7 +6,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from flowsvc.api.convert import flow_to_pb, graph_from_pb, version_to_pb
+from flowsvc.api.convert import flow_to_pb, graph_from_pb, known_enum, version_to_pb
 from flowsvc.api.guard import current_principal
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.v1 import live_flow_service_pb2 as svc
@@ -39,7 +39,7 @@ class LiveFlowServicer(svc_grpc.LiveFlowServiceServicer):
         flow = await self._catalog.get_flow(
             current_principal().organisation_id,
             request.id,
-            full=request.view == pb.LIVE_FLOW_VIEW_FULL,
+            full=known_enum(request.view, pb.LiveFlowView, "view") == pb.LIVE_FLOW_VIEW_FULL,
         )
         return flow_to_pb(flow)
 

@@ -65,7 +65,7 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
         page = await self._sessions.list(
             current_principal().organisation_id,
             request.live_flow_id,
-            session_status_from_pb(request.status),
+            session_status_from_pb(request.status, "status"),
             request.page_size,
             request.page_token,
         )

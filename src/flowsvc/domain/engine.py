@@ -412,6 +412,8 @@ class Engine:
         try:
             if state.deleted:
                 return
+            if not ctx.new_run and not await self._still_due(run):
+                return  # run (or cancelled) meanwhile: a second launch of it changes nothing
             if run.cancel_requested:  # asked elsewhere before it got its turn here
                 await self._load_progress(ctx)
                 ctx.current = run.steps[-1] if run.steps else None
@@ -817,6 +819,16 @@ class Engine:
             )
         self._launch(self._context(state, run, version))
         return run.id
+
+    async def _still_due(self, run: FlowRun) -> bool:
+        """Read under the session's lock: is the run still to be executed? A run queued in
+        the database may have been launched twice (two schedules racing); its first task ran
+        it to the end before the second got the lock."""
+        fresh = await self._runs.get_run(run.organisation_id, run.id)
+        if fresh is None or not fresh.status.active:
+            return False
+        run.cancel_requested = fresh.cancel_requested
+        return True
 
     async def _version_of(self, run: FlowRun) -> FlowVersion:
         """The version a run is pinned to; gone only with its flow, and the run with it."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +16,7 @@ from flowsvc.domain.limits import Limits
 from flowsvc.domain.paging import Listed, Page, listed, parse_page
 from flowsvc.domain.ports import FlowStore
 from flowsvc.domain.runs import FlowRun, RunStatus
+from flowsvc.domain.verdicts import parse_verdict
 
 if TYPE_CHECKING:
     from flowsvc.domain.flow_runs import FlowRuns
@@ -29,8 +28,6 @@ MODE_ASYNC, MODE_BLOCK, MODE_SKIP = (
     "EVAL_RUN_MODE_BLOCK",
     "EVAL_RUN_MODE_SKIP",
 )
-_SCORE = re.compile(r"score\s*[:=]\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_PASSED = re.compile(r"passed\s*[:=]\s*(true|false|yes|no)", re.IGNORECASE)
 
 
 class EvalJobStatus(StrEnum):
@@ -95,35 +92,6 @@ def wants_evaluation(run: FlowRun) -> bool:
         and run_mode(run.eval_options) != MODE_SKIP
         and bool(run.eval_options.get("runs"))
     )
-
-
-def parse_verdict(text: str) -> tuple[float, bool]:
-    """score and passed from the evaluation's response: a JSON object, or text such as
-    'score: 0.8, passed: true'. One of the two may be missing: passed alone gives score 1 or
-    0; score alone gives passed = score >= 0.5."""
-    score: float | None = None
-    passed: bool | None = None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        if isinstance(data.get("score"), (int, float)) and not isinstance(data["score"], bool):
-            score = float(data["score"])
-        if isinstance(data.get("passed"), bool):
-            passed = data["passed"]
-    else:
-        if m := _SCORE.search(text):
-            score = float(m.group(1))
-        if m := _PASSED.search(text):
-            passed = m.group(1).lower() in ("true", "yes")
-    if score is None and passed is None:
-        raise ValueError("the evaluation's response has neither a score nor passed")
-    if score is None:
-        score = 1.0 if passed else 0.0
-    if passed is None:
-        passed = score >= 0.5
-    return score, passed
 
 
 class Evaluations:
@@ -264,14 +232,13 @@ class Evaluations:
                     evaluated.error or f"the evaluation run ended {evaluated.status.value}"
                 )
             else:
-                result.score, result.passed = parse_verdict(evaluated.response)
+                verdict = parse_verdict(evaluated.response)
+                result.score, result.passed = verdict.score, verdict.passed
         except (ValueError, InvalidArgument, NotFound) as exc:
             result.error = (
                 str(exc) if not isinstance(exc, (InvalidArgument, NotFound)) else exc.message
             )
-        except Exception as exc:  # an evaluation never fails the job or the evaluated run
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except Exception:  # an evaluation never fails the job or the evaluated run
             log.exception("evaluation failed", extra={"job_id": job.id})
             result.error = "the evaluation could not run"
         result.done = True

@@ -37,6 +37,7 @@ async def follow(
     # what lies between is committed and is read from the store first: no gap, in any order
     # of arrival, and anything already seen is skipped.
     last = after_seq
+    paused = False  # the last event replayed says the run waits for input
     try:
         while True:
             batch = await store.events_after(session_id, last, run_id, REPLAY_BATCH)
@@ -48,8 +49,11 @@ async def follow(
                 # In the record, a run that waited for input may have gone on since.
                 if run_id and event.type.ends_run:
                     return
+                paused = event.type is EventType.INPUT_REQUIRED
             if len(batch) < REPLAY_BATCH:
                 break
+        if run_id and paused:
+            return  # it waits for input now: nothing after it is committed
         hub.advance(session_id, last)
         if not sub.queue and await stopped():
             # Whatever it sent before stopping is committed: one more read catches events

@@ -78,7 +78,7 @@ def _run_migrations(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-class SingleProcessOnly(RuntimeError):
+class SingleProcessOnly(OSError):
     pass
 
 

@@ -166,8 +166,11 @@ def _merge(
                 inserts[name][row["id"]] = row
         for name, values in rows.updates.items():
             for row in values:
-                if row["id"] in inserts[name]:
-                    inserts[name][row["id"]] = row
+                inserted = inserts[name].get(row["id"])
+                if inserted is not None:
+                    # Inserted in its latest state, keeping what only an insert carries (the
+                    # new session's owner).
+                    inserts[name][row["id"]] = {**inserted, **row}
                 else:
                     updates[name][row["id"]] = row
     return inserts, updates

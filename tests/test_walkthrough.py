@@ -186,3 +186,43 @@ def test_readme_evals_walkthrough(deployment: Deployment, tmp_path: Path) -> Non
     job = _json_objects(result.stdout)[-1]
     assert job["status"] == "EVAL_JOB_STATUS_COMPLETE"
     assert job["results"][0]["score"] == 0.4  # type: ignore[index]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_readme_replicas_walkthrough_answers_on_one_replica_what_another_started(
+    tmp_path: Path,
+) -> None:
+    from tests import postgres
+
+    with postgres.fresh_database() as url:
+        script = _walkthrough("replicas")
+        script = script.replace("DB=postgresql://postgres@127.0.0.1:5432/flowsvc", f"DB={url}")
+        for port in ("50061", "50062"):
+            script = script.replace(port, str(_free_port()))
+        script = script.replace("/tmp/", f"{tmp_path}/")
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert '"status": "SESSION_STATUS_COMPLETED",' in [line.strip() for line in lines]
+    types = [line.split('"')[3] for line in lines if line.startswith('"type"')]
+    assert types[0] == "RUN_EVENT_TYPE_RUN_STARTED"
+    assert "RUN_EVENT_TYPE_INPUT_REQUIRED" in types
+    assert types[-1] == "RUN_EVENT_TYPE_RUN_COMPLETED"

@@ -22,8 +22,8 @@ from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
 from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
-from flowsvc.domain.coordinator import Coordinator
 from flowsvc.domain.engine import Engine
+from flowsvc.domain.engine.coordinator import Coordinator
 from flowsvc.domain.evals import Evaluations
 from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog

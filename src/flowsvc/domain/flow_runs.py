@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flowsvc.domain.engine import TERMINAL_RUN, Engine
+from flowsvc.domain.engine.session_registry import HeldElsewhere
 from flowsvc.domain.errors import (
     Aborted,
     AlreadyExists,
@@ -40,7 +41,6 @@ from flowsvc.domain.runs import (
     Session,
     SessionStatus,
 )
-from flowsvc.domain.session_registry import HeldElsewhere
 from flowsvc.domain.watch import follow
 
 OVERRIDABLE = {

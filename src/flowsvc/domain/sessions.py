@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flowsvc.domain.engine import Engine
+from flowsvc.domain.engine.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,7 +38,6 @@ from flowsvc.domain.model import FlowVersion
 from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
-from flowsvc.domain.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.watch import follow
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -32,25 +33,30 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def closed_loop(
-    concurrency: int, seconds: float, call: Callable[[], Awaitable[None]]
+    concurrency: int,
+    seconds: float,
+    call: Callable[[], Awaitable[None]] | list[Callable[[], Awaitable[None]]],
 ) -> dict[str, Any]:
+    """`call` may be a list (one per target): caller i uses calls[i % len(calls)], so the
+    callers are split evenly across the targets."""
+    calls = call if isinstance(call, list) else [call]
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
 
-    async def worker() -> None:
+    async def worker(one: Callable[[], Awaitable[None]]) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                await call()
+                await one()
             except grpc.aio.AioRpcError:
                 errors += 1
                 continue
             latencies.append(time.perf_counter() - started)
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
     elapsed = time.perf_counter() - began
     return {
         "calls": len(latencies),
@@ -58,13 +64,16 @@ async def closed_loop(
         "per_second": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
+        "seconds": elapsed,
     }
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workload", choices=["echo", "w1", "w2", "w3-watch", "w3-drive", "w4"])
-    parser.add_argument("--target", required=True)
+    parser.add_argument(
+        "--target", required=True, help="HOST:PORT; w1 also takes a comma-separated list"
+    )
     parser.add_argument("--key", default="")
     parser.add_argument("--flow", default="")
     parser.add_argument("--session", default="")
@@ -72,6 +81,12 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
     metadata = (("authorization", f"Bearer {args.key}"),)
+    targets = args.target.split(",")
+    cpu = os.times()
+    if args.workload == "w1" and len(targets) > 1:
+        result = await w1_split(targets, metadata, args)
+        json.dump({**result, "client_cpu_s": _cpu_since(cpu)}, sys.stdout)
+        return
     async with grpc.aio.insecure_channel(args.target) as channel:
         if args.workload == "echo":
             echo = channel.unary_unary(ECHO_METHOD)
@@ -125,7 +140,36 @@ async def main() -> None:
             result = await watch(channel, metadata, args)
         else:
             result = await reads(channel, metadata, args)
-    json.dump(result, sys.stdout)
+    json.dump({**result, "client_cpu_s": _cpu_since(cpu)}, sys.stdout)
+
+
+def _cpu_since(before: os.times_result) -> float:
+    """This load process's own CPU seconds: on a 2-core machine the client is a competitor."""
+    now = os.times()
+    return (now.user - before.user) + (now.system - before.system)
+
+
+async def w1_split(targets: list[str], metadata: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """W1 with the callers split evenly over several servers (replicas), one channel each."""
+    channels = [grpc.aio.insecure_channel(t) for t in targets]
+    try:
+        body = struct_pb2.Struct()
+        body.update({"question": "why is the sky blue?"})
+        request = fr.RunFlowRequest(flow_id=args.flow, body=body)
+
+        def caller(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+            runs = fr_grpc.FlowRunServiceStub(channel)
+
+            async def call() -> None:
+                run = await runs.RunFlow(request, metadata=metadata)
+                assert run.status == pb.RUN_STATUS_COMPLETE, run.error
+
+            return call
+
+        return await closed_loop(args.concurrency, args.seconds, [caller(c) for c in channels])
+    finally:
+        for c in channels:
+            await c.close()
 
 
 async def watch(

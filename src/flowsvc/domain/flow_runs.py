@@ -254,6 +254,7 @@ class FlowRuns:
             updated_at=now,
             eval_options=dict(options.eval_options),
             request_id=request_id,
+            trace_context=self._engine.telemetry.trace_context(),
         )
 
     def new_session(

@@ -23,15 +23,18 @@ class Subscription:
         self.shutting_down = False
         self._ready = asyncio.Event()
 
-    def push(self, event: RunEvent) -> None:
+    def push(self, event: RunEvent) -> bool:
+        """Queue the event; True when this push cut the subscriber off."""
         if self.overflowed or self.closed is not None:
-            return
-        if len(self.queue) >= self.capacity:
+            return False
+        cut = len(self.queue) >= self.capacity
+        if cut:
             self.overflowed = True
             self.queue.clear()  # memory is released at once; the subscriber resumes by seq
         else:
             self.queue.append(event)
         self._ready.set()
+        return cut
 
     def close(self, reason: str) -> None:
         self.closed = reason
@@ -62,6 +65,7 @@ class Hub:
         # The highest seq published (or replayed) per session with subscribers: where an
         # event feed reads on from when another replica commits to that session.
         self.positions: dict[str, int] = {}
+        self.cut_off = 0  # subscribers cut off for falling behind, ever (a metric)
         self._shut_down = False
 
     def subscribe(self, session_id: str) -> Subscription:
@@ -86,6 +90,9 @@ class Hub:
         if session_id in self._subscribers and seq > self.positions.get(session_id, 0):
             self.positions[session_id] = seq
 
+    def subscriber_total(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
+
     def watched(self) -> list[str]:
         """Sessions with subscribers here."""
         return list(self._subscribers)
@@ -96,7 +103,8 @@ class Hub:
             if not subs:
                 continue
             for sub in subs:
-                sub.push(event)
+                if sub.push(event):
+                    self.cut_off += 1
             if event.seq > self.positions.get(event.session_id, 0):
                 self.positions[event.session_id] = event.seq
 

@@ -181,6 +181,8 @@ class FlowRun:
     parent_run_id: str = ""
     request_id: str = ""
     request_digest: str = ""
+    # The W3C traceparent of the call that started the run: a resumed run links to it.
+    trace_context: str = ""
     # Asked by a replica that does not run it; the owner cancels it (read, never written back).
     cancel_requested: bool = False
     start_time: datetime | None = None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,8 @@ _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
 _NOT_UPDATED = {
     "sessions": {"id", "last_seq", "owner_id", "lease_epoch", "lease_expires_ms",
                  "request_id", "request_digest", "created_at"},
-    "runs": {"id", "cancel_requested", "request_id", "request_digest", "created_at"},
+    "runs": {"id", "cancel_requested", "request_id", "request_digest", "trace_context",
+             "created_at"},
     "steps": {"id", "created_at"},
 }
 
@@ -195,6 +197,8 @@ class JournalWriter:
         # and with sessions released while runs were queued on them (the engine claims them).
         self.on_committed: list[Any] = []
         self.on_requeue: Any = None
+        # Called with (journals, seconds) after each group commit: metrics.
+        self.on_batch: Any = None
 
     def start(self) -> None:
         if self._writer is None:
@@ -280,8 +284,11 @@ class JournalWriter:
                 )
                 requeue.extend(r[0] for r in found)
 
+        started = time.perf_counter()
         await self.db.write_batch(write)
         self.commits += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
         touched: set[str] = set()
         for rows in batch:
             for event, row in rows.events:

@@ -188,6 +188,7 @@ class FlowRunRow(SQLModel, table=True):
     cancel_requested: bool = Field(default=False)
     # A digest of the request that made the run: a reused request_id must repeat it.
     request_digest: str = Field(default="", max_length=64)
+    trace_context: str = Field(default="", max_length=64)
 
 
 class SessionStepRow(SQLModel, table=True):

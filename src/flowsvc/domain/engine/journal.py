@@ -34,6 +34,7 @@ from flowsvc.domain.runs import (
     Session,
     SessionStep,
 )
+from flowsvc.domain.telemetry import NoTelemetry, Telemetry
 from flowsvc.domain.tools import HttpTool, NoHttp
 
 log = logging.getLogger("flowsvc.engine")
@@ -109,6 +110,7 @@ class EngineCore:
         http: HttpTool | None = None,
         prices: PriceTable | None = None,
         step_timeout: float = 300.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._runs = runs
         self._flows = flows
@@ -119,6 +121,7 @@ class EngineCore:
         self._http: HttpTool = http or NoHttp()
         self._prices = prices or PriceTable()
         self._step_timeout = step_timeout
+        self.telemetry: Telemetry = telemetry or NoTelemetry()
         self._leases = leases
         self.sessions = SessionRegistry(leases, self._record, lease_seconds=lease_seconds)
         self.sessions.on_lost = self._abandon
@@ -198,6 +201,7 @@ class EngineCore:
                 if events:
                     hub.publish(events)
             elif isinstance(failure, LeaseLost) and session is not None and not journal.release:
+                self.telemetry.write_fenced()
                 state = self.sessions.states.get(session.id)
                 if state is not None and state.epoch == journal.epoch:
                     self.sessions.forget(state)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from flowsvc.domain.engine.journal import RunContext, StepFailure
+from flowsvc.domain.engine.journal import TERMINAL_RUN, RunContext, StepFailure
 from flowsvc.domain.engine.session_ops import SessionOperations
 from flowsvc.domain.engine.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.engine.steps import StepExecution
@@ -137,6 +137,7 @@ class Engine(SessionOperations, StepExecution):
         for org, session_id in await self._leases.claimable(limit):
             if await self.schedule(org, session_id):
                 claimed += 1
+        self.telemetry.sessions_taken_over(claimed)
         return claimed
 
     async def cancel_requested(self) -> None:
@@ -159,6 +160,13 @@ class Engine(SessionOperations, StepExecution):
     # -- driving a run -----------------------------------------------------------------
 
     async def _drive(self, ctx: RunContext) -> None:
+        with self.telemetry.run_span(ctx.run):
+            await self._drive_in_span(ctx)
+        run = ctx.run
+        if run.status in TERMINAL_RUN and run.end_time is not None:
+            self.telemetry.run_finished(run, run.duration_ms / 1000)
+
+    async def _drive_in_span(self, ctx: RunContext) -> None:
         state, run = ctx.state, ctx.run
         try:
             await state.lock.acquire()
@@ -242,20 +250,22 @@ class Engine(SessionOperations, StepExecution):
                     return
                 current = self._begin_step(ctx, step_def)
             ctx.current = current
-            try:
-                if current.error:
-                    raise StepFailure(current.error)
-                result = await self._perform(ctx, current)
-                if result is None:
-                    self._pause_for_input(ctx, current)
+            with self.telemetry.step_span(run, current) as span:
+                try:
+                    if current.error:
+                        raise StepFailure(current.error)
+                    result = await self._perform(ctx, current)
+                    if result is None:
+                        self._pause_for_input(ctx, current)
+                        return
+                    if current.step.step_type is StepType.END:
+                        self._complete_run(ctx, current, result)
+                        return
+                    next_def = ctx.graph.next_step(current.step, result)
+                except (StepFailure, RoutingError) as exc:
+                    span.fail(str(exc))
+                    self._fail_run(ctx, current, str(exc))
                     return
-                if current.step.step_type is StepType.END:
-                    self._complete_run(ctx, current, result)
-                    return
-                next_def = ctx.graph.next_step(current.step, result)
-            except (StepFailure, RoutingError) as exc:
-                self._fail_run(ctx, current, str(exc))
-                return
-            self._complete_step(ctx, current, result)
+                self._complete_step(ctx, current, result)
             step_def, current = next_def, None
 

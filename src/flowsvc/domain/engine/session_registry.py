@@ -16,18 +16,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from flowsvc.domain.errors import NotFound
+from flowsvc.domain.errors import NotFound, Unavailable
 from flowsvc.domain.ports import Leases
 from flowsvc.domain.runs import Journal, Session
 
 log = logging.getLogger("flowsvc.leases")
 
 
-class HeldElsewhere(Exception):
-    """Another live replica holds the session's lease."""
+class HeldElsewhere(Unavailable):
+    """Another live replica holds the session's lease (and kept it past the wait): the caller
+    may try again, here or elsewhere."""
 
     def __init__(self, session: Session) -> None:
-        super().__init__(f"session {session.id} is held by another replica")
+        super().__init__(f"session {session.id} is busy on another replica; try again")
         self.session = session
 
 

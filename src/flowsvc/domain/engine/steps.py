@@ -99,8 +99,9 @@ class StepExecution(EngineCore):
             raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
         self._flush(ctx)  # the call leaves the process: its start is committed first
         try:
-            async with asyncio.timeout(self._step_timeout):
-                return await self._http.call(call)
+            with self.telemetry.call_span(f"HTTP {call.method}", "http", call.url):
+                async with asyncio.timeout(self._step_timeout):
+                    return await self._http.call(call)
         except ToolError as exc:
             raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
         except TimeoutError:
@@ -179,26 +180,40 @@ class StepExecution(EngineCore):
         if not provider.instant:
             self._flush(ctx)  # STEP_STARTED is committed and visible while the model works
         parts: list[str] = []
-        try:
-            async with asyncio.timeout(self._step_timeout):
-                async for chunk in provider.stream(request):
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        if self._hub.subscriber_count(current.session_id):
-                            self._publish_delta(ctx, current, chunk.text)
-                    if chunk.input_tokens is not None:
-                        current.input_tokens = chunk.input_tokens
-                    if chunk.output_tokens is not None:
-                        current.output_tokens = chunk.output_tokens
-        except ModelError as exc:
-            raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
-        except TimeoutError:
-            raise StepFailure(
-                f"step {current.step.name!r}: the model did not finish within "
-                f"{self._step_timeout:g}s"
-            ) from None
         model_name = config.model or DEFAULT_MODEL
-        current.cost = self._prices.cost(model_name, current.input_tokens, current.output_tokens)
+        outcome = "error"
+        with self.telemetry.call_span(f"chat {model_name}", "model", model_name) as span:
+            try:
+                async with asyncio.timeout(self._step_timeout):
+                    async for chunk in provider.stream(request):
+                        if chunk.text:
+                            parts.append(chunk.text)
+                            if self._hub.subscriber_count(current.session_id):
+                                self._publish_delta(ctx, current, chunk.text)
+                        if chunk.input_tokens is not None:
+                            current.input_tokens = chunk.input_tokens
+                        if chunk.output_tokens is not None:
+                            current.output_tokens = chunk.output_tokens
+                outcome = "ok"
+            except ModelError as exc:
+                span.fail(str(exc))
+                raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
+            except TimeoutError:
+                outcome = "timeout"
+                raise StepFailure(
+                    f"step {current.step.name!r}: the model did not finish within "
+                    f"{self._step_timeout:g}s"
+                ) from None
+            finally:
+                if outcome == "ok":
+                    current.cost = self._prices.cost(
+                        model_name, current.input_tokens, current.output_tokens
+                    )
+                span.set("gen_ai.usage.input_tokens", current.input_tokens)
+                span.set("gen_ai.usage.output_tokens", current.output_tokens)
+                self.telemetry.model_called(
+                    model_name, outcome, current.input_tokens, current.output_tokens, current.cost
+                )
         ctx.models[current.id] = model_name
         return "".join(parts)
 
@@ -226,12 +241,17 @@ class StepExecution(EngineCore):
 
         ctx.pending[-1].add_done_callback(publish)
 
+    def _step_finished(self, current: SessionStep) -> None:
+        seconds = (current.updated_at - current.created_at).total_seconds()
+        self.telemetry.step_finished(current, seconds)
+
     def _complete_step(self, ctx: RunContext, current: SessionStep, result: str) -> None:
         current.status = StepStatus.COMPLETED
         current.result = result
         current.updated_at = self._clock()
         ctx.results[current.step.name] = result
         self._add_usage(ctx, current)
+        self._step_finished(current)
         self._move(
             ctx,
             [self._event(ctx.state, ctx.run, EventType.STEP_COMPLETED, step=current)],
@@ -276,6 +296,7 @@ class StepExecution(EngineCore):
         current.updated_at = self._clock()
         ctx.results[current.step.name] = response
         self._add_usage(ctx, current)
+        self._step_finished(current)
         self._finish(ctx.state, ctx.run, RunStatus.COMPLETE)
         run.response = response
         if wants_evaluation(run) and not run.eval_job_id:
@@ -302,6 +323,7 @@ class StepExecution(EngineCore):
             current.status = StepStatus.FAILED
             current.error = error
             current.updated_at = self._clock()
+            self._step_finished(current)
             touched = (current,)
             events.append(self._event(ctx.state, run, EventType.STEP_FAILED, step=current))
         self._finish(ctx.state, ctx.run, RunStatus.ERROR)

@@ -1,0 +1,1 @@
+"""Operators' view of a replica: Prometheus metrics, OpenTelemetry traces, log context."""

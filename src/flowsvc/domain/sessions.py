@@ -256,10 +256,8 @@ class Sessions:
         return self._engine.session_state(org, session_id, wait=self._hold_wait)
 
     async def cancel(self, org: str, session_id: str) -> SessionView:
-        require_id("id", session_id, "session")
-        session = await self._store.get_session(org, session_id)
-        if session is None:
-            raise NotFound("session", session_id)
+        # Read as GetSession reads: a session past its expiry is expired first.
+        session = (await self.get(org, session_id)).session
         if session.status is SessionStatus.EXPIRED:
             raise FailedPrecondition(
                 "the session has expired",

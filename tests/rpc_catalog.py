@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import descriptor, symbol_database
+from google.protobuf import descriptor, descriptor_pb2, symbol_database
 
 from flowsvc.v1 import (
     eval_service_pb2,
@@ -98,3 +104,68 @@ def invoke(
 
 
 FieldDescriptor = descriptor.FieldDescriptor
+
+PROTOS = Path(__file__).resolve().parent.parent / "protos"
+_ERRORS = re.compile(r"\bErrors:(.*)", re.DOTALL)
+_PARENTHESES = re.compile(r"\([^()]*\)")
+_CODE_NAMES = {code.name: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class Documented:
+    """The codes a comment's "Errors:" part names: of every RPC of the service (`common`,
+    from the service's comment) and of the RPC itself (`own`, from the RPC's comment)."""
+
+    common: frozenset[grpc.StatusCode]
+    own: frozenset[grpc.StatusCode]
+
+    @property
+    def all(self) -> frozenset[grpc.StatusCode]:
+        return self.common | self.own
+
+
+def error_codes(comment: str) -> frozenset[grpc.StatusCode]:
+    """The status codes named after "Errors:" in a comment; text in parentheses (the when) is
+    left out, and so is everything before "Errors:"."""
+    found = _ERRORS.search(comment)
+    if found is None:
+        return frozenset()
+    text = _PARENTHESES.sub(" ", found.group(1))
+    return frozenset(_CODE_NAMES[w] for w in re.findall(r"\b[A-Z_]+\b", text) if w in _CODE_NAMES)
+
+
+@functools.cache
+def _comments() -> dict[str, str]:
+    """Leading comments of services ("pkg.Service") and RPCs ("/pkg.Service/Method"), read
+    from the .proto sources by protoc."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "set.pb"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTOS}",
+                "--include_source_info",
+                f"--descriptor_set_out={out}",
+                *map(str, sorted((PROTOS / "flowsvc" / "v1").glob("*.proto"))),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+    comments: dict[str, str] = {}
+    for f in files.file:
+        where = {tuple(loc.path): loc.leading_comments for loc in f.source_code_info.location}
+        for s, service in enumerate(f.service):
+            name = f"{f.package}.{service.name}"
+            comments[name] = where.get((6, s), "")
+            for m, method in enumerate(service.method):
+                comments[f"/{name}/{method.name}"] = where.get((6, s, 2, m), "")
+    return comments
+
+
+def documented(rpc: Rpc) -> Documented:
+    """The codes the contract says `rpc` can answer (besides OK)."""
+    comments = _comments()
+    return Documented(error_codes(comments[rpc.service]), error_codes(comments[rpc.path]))

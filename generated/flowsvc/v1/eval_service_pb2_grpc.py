@@ -27,7 +27,15 @@ if _version_not_supported:
 
 
 class EvalServiceStub:
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation.
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel):
@@ -49,18 +57,26 @@ class EvalServiceStub:
 
 
 class EvalServiceServicer:
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation.
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def GetEvalJob(self, request, context):
-        """Errors: NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListEvalJobs(self, request, context):
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token).
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,7 +104,15 @@ def add_EvalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class EvalService:
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation.
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @staticmethod

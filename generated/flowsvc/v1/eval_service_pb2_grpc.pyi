@@ -28,29 +28,56 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EvalServiceStub:
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation."""
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EvalServiceAsyncStub: ...
     GetEvalJob: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.GetEvalJobRequest, _resources_pb2.EvalJob]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListEvalJobs: _grpc.UnaryUnaryMultiCallable[_eval_service_pb2.ListEvalJobsRequest, _eval_service_pb2.ListEvalJobsResponse]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
 
 @_typing.type_check_only
 class EvalServiceAsyncStub(EvalServiceStub):
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation."""
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetEvalJob: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.GetEvalJobRequest, _resources_pb2.EvalJob]  # type: ignore[assignment]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListEvalJobs: _aio.UnaryUnaryMultiCallable[_eval_service_pb2.ListEvalJobsRequest, _eval_service_pb2.ListEvalJobsResponse]  # type: ignore[assignment]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
 
 class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation."""
+    """Evaluation jobs of runs. Every RPC needs an API key and sees only the key's organisation;
+    another organisation's job is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    """
 
     @_abc_1.abstractmethod
     def GetEvalJob(
@@ -58,7 +85,7 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eval_service_pb2.GetEvalJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.EvalJob, _abc.Awaitable[_resources_pb2.EvalJob]]:
-        """Errors: NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListEvalJobs(
@@ -66,6 +93,6 @@ class EvalServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eval_service_pb2.ListEvalJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eval_service_pb2.ListEvalJobsResponse, _abc.Awaitable[_eval_service_pb2.ListEvalJobsResponse]]:
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
 
 def add_EvalServiceServicer_to_server(servicer: EvalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,6 +30,9 @@ class RunFlowRequest(_message.Message):
     OPTIONS_FIELD_NUMBER: _builtins.int
     flow_id: _builtins.str
     request_id: _builtins.str
+    """Makes the run safe to retry: the same id with the same request answers with the run the
+    first one started; with a different request it is ALREADY_EXISTS. At most 128 characters.
+    """
     @_builtins.property
     def body(self) -> _struct_pb2.Struct: ...
     @_builtins.property

@@ -27,8 +27,17 @@ if _version_not_supported:
 
 
 class FlowRunServiceStub:
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     def __init__(self, channel):
@@ -70,22 +79,40 @@ class FlowRunServiceStub:
 
 
 class FlowRunServiceServicer:
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     def RunFlow(self, request, context):
         """Runs a flow and answers when the run completes, errors or waits for input.
-        Errors: INVALID_ARGUMENT (missing required input, unknown override, unknown eval flow),
-        NOT_FOUND (flow, version or session), FAILED_PRECONDITION (session expired or finished),
-        ABORTED (session busy and options.no_wait).
+        Errors: INVALID_ARGUMENT (empty flow_id, negative options.version, missing required input,
+        unknown override, unknown eval flow, options.session_id of another flow, body or override
+        too large, request_id over 128 characters), NOT_FOUND (flow, version or session),
+        FAILED_PRECONDITION (flow without a version, session expired or waiting for input),
+        ABORTED (session running another run and options.no_wait),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going, or the session holds
+        max_messages_per_session messages).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamRunFlow(self, request, context):
-        """As RunFlow, streaming the run's events until it stops. Same errors.
+        """As RunFlow, streaming the run's events until it stops.
+        Errors: those of RunFlow: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ABORTED,
+        ALREADY_EXISTS, RESOURCE_EXHAUSTED (as RunFlow; also max_subscribers_per_session streams
+        on the session, or a subscriber that stopped reading).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,21 +120,23 @@ class FlowRunServiceServicer:
 
     def WatchRun(self, request, context):
         """Replays the run's committed events with seq > after_seq, then follows live ones
-        until the run stops. Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow).
+        until the run stops. Errors: INVALID_ARGUMENT (empty run_id, negative after_seq),
+        NOT_FOUND, RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the run's session,
+        or a subscriber that stopped reading or fell behind: resume with after_seq).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFlowRun(self, request, context):
-        """Errors: NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFlowRuns(self, request, context):
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token).
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -115,7 +144,8 @@ class FlowRunServiceServicer:
 
     def CancelFlowRun(self, request, context):
         """Stops the run; answers once RUN_CANCELLED is committed.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (run already finished).
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (run already finished,
+        or it finished before the cancel took effect).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -163,8 +193,17 @@ def add_FlowRunServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FlowRunService:
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     @staticmethod

@@ -28,8 +28,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class FlowRunServiceStub:
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     @_typing.overload
@@ -38,56 +47,100 @@ class FlowRunServiceStub:
     def __new__(cls, channel: _aio.Channel) -> FlowRunServiceAsyncStub: ...
     RunFlow: _grpc.UnaryUnaryMultiCallable[_flow_run_service_pb2.RunFlowRequest, _resources_pb2.FlowRun]
     """Runs a flow and answers when the run completes, errors or waits for input.
-    Errors: INVALID_ARGUMENT (missing required input, unknown override, unknown eval flow),
-    NOT_FOUND (flow, version or session), FAILED_PRECONDITION (session expired or finished),
-    ABORTED (session busy and options.no_wait).
+    Errors: INVALID_ARGUMENT (empty flow_id, negative options.version, missing required input,
+    unknown override, unknown eval flow, options.session_id of another flow, body or override
+    too large, request_id over 128 characters), NOT_FOUND (flow, version or session),
+    FAILED_PRECONDITION (flow without a version, session expired or waiting for input),
+    ABORTED (session running another run and options.no_wait),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going, or the session holds
+    max_messages_per_session messages).
     """
     StreamRunFlow: _grpc.UnaryStreamMultiCallable[_flow_run_service_pb2.StreamRunFlowRequest, _resources_pb2.RunEvent]
-    """As RunFlow, streaming the run's events until it stops. Same errors."""
+    """As RunFlow, streaming the run's events until it stops.
+    Errors: those of RunFlow: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ABORTED,
+    ALREADY_EXISTS, RESOURCE_EXHAUSTED (as RunFlow; also max_subscribers_per_session streams
+    on the session, or a subscriber that stopped reading).
+    """
     WatchRun: _grpc.UnaryStreamMultiCallable[_flow_run_service_pb2.WatchRunRequest, _resources_pb2.RunEvent]
     """Replays the run's committed events with seq > after_seq, then follows live ones
-    until the run stops. Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow).
+    until the run stops. Errors: INVALID_ARGUMENT (empty run_id, negative after_seq),
+    NOT_FOUND, RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the run's session,
+    or a subscriber that stopped reading or fell behind: resume with after_seq).
     """
     GetFlowRun: _grpc.UnaryUnaryMultiCallable[_flow_run_service_pb2.GetFlowRunRequest, _resources_pb2.FlowRun]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListFlowRuns: _grpc.UnaryUnaryMultiCallable[_flow_run_service_pb2.ListFlowRunsRequest, _flow_run_service_pb2.ListFlowRunsResponse]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     CancelFlowRun: _grpc.UnaryUnaryMultiCallable[_flow_run_service_pb2.CancelFlowRunRequest, _resources_pb2.FlowRun]
     """Stops the run; answers once RUN_CANCELLED is committed.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (run already finished).
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (run already finished,
+    or it finished before the cancel took effect).
     """
 
 @_typing.type_check_only
 class FlowRunServiceAsyncStub(FlowRunServiceStub):
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunFlow: _aio.UnaryUnaryMultiCallable[_flow_run_service_pb2.RunFlowRequest, _resources_pb2.FlowRun]  # type: ignore[assignment]
     """Runs a flow and answers when the run completes, errors or waits for input.
-    Errors: INVALID_ARGUMENT (missing required input, unknown override, unknown eval flow),
-    NOT_FOUND (flow, version or session), FAILED_PRECONDITION (session expired or finished),
-    ABORTED (session busy and options.no_wait).
+    Errors: INVALID_ARGUMENT (empty flow_id, negative options.version, missing required input,
+    unknown override, unknown eval flow, options.session_id of another flow, body or override
+    too large, request_id over 128 characters), NOT_FOUND (flow, version or session),
+    FAILED_PRECONDITION (flow without a version, session expired or waiting for input),
+    ABORTED (session running another run and options.no_wait),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going, or the session holds
+    max_messages_per_session messages).
     """
     StreamRunFlow: _aio.UnaryStreamMultiCallable[_flow_run_service_pb2.StreamRunFlowRequest, _resources_pb2.RunEvent]  # type: ignore[assignment]
-    """As RunFlow, streaming the run's events until it stops. Same errors."""
+    """As RunFlow, streaming the run's events until it stops.
+    Errors: those of RunFlow: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ABORTED,
+    ALREADY_EXISTS, RESOURCE_EXHAUSTED (as RunFlow; also max_subscribers_per_session streams
+    on the session, or a subscriber that stopped reading).
+    """
     WatchRun: _aio.UnaryStreamMultiCallable[_flow_run_service_pb2.WatchRunRequest, _resources_pb2.RunEvent]  # type: ignore[assignment]
     """Replays the run's committed events with seq > after_seq, then follows live ones
-    until the run stops. Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow).
+    until the run stops. Errors: INVALID_ARGUMENT (empty run_id, negative after_seq),
+    NOT_FOUND, RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the run's session,
+    or a subscriber that stopped reading or fell behind: resume with after_seq).
     """
     GetFlowRun: _aio.UnaryUnaryMultiCallable[_flow_run_service_pb2.GetFlowRunRequest, _resources_pb2.FlowRun]  # type: ignore[assignment]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListFlowRuns: _aio.UnaryUnaryMultiCallable[_flow_run_service_pb2.ListFlowRunsRequest, _flow_run_service_pb2.ListFlowRunsResponse]  # type: ignore[assignment]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     CancelFlowRun: _aio.UnaryUnaryMultiCallable[_flow_run_service_pb2.CancelFlowRunRequest, _resources_pb2.FlowRun]  # type: ignore[assignment]
     """Stops the run; answers once RUN_CANCELLED is committed.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (run already finished).
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (run already finished,
+    or it finished before the cancel took effect).
     """
 
 class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Runs of flows. Every RPC needs an API key and sees only the key's
-    organisation; another organisation's run is NOT_FOUND.
+    """Runs of flows. Every RPC needs an API key and sees only the key's organisation; another
+    organisation's run is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    A stream that is going ends with UNAVAILABLE when the server drains; its message names the
+    after_seq to resume from with WatchRun or WatchSession.
     """
 
     @_abc_1.abstractmethod
@@ -97,9 +150,15 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowRun, _abc.Awaitable[_resources_pb2.FlowRun]]:
         """Runs a flow and answers when the run completes, errors or waits for input.
-        Errors: INVALID_ARGUMENT (missing required input, unknown override, unknown eval flow),
-        NOT_FOUND (flow, version or session), FAILED_PRECONDITION (session expired or finished),
-        ABORTED (session busy and options.no_wait).
+        Errors: INVALID_ARGUMENT (empty flow_id, negative options.version, missing required input,
+        unknown override, unknown eval flow, options.session_id of another flow, body or override
+        too large, request_id over 128 characters), NOT_FOUND (flow, version or session),
+        FAILED_PRECONDITION (flow without a version, session expired or waiting for input),
+        ABORTED (session running another run and options.no_wait),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going, or the session holds
+        max_messages_per_session messages).
         """
 
     @_abc_1.abstractmethod
@@ -108,7 +167,11 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_run_service_pb2.StreamRunFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_resources_pb2.RunEvent], _abc.AsyncIterator[_resources_pb2.RunEvent]]:
-        """As RunFlow, streaming the run's events until it stops. Same errors."""
+        """As RunFlow, streaming the run's events until it stops.
+        Errors: those of RunFlow: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, ABORTED,
+        ALREADY_EXISTS, RESOURCE_EXHAUSTED (as RunFlow; also max_subscribers_per_session streams
+        on the session, or a subscriber that stopped reading).
+        """
 
     @_abc_1.abstractmethod
     def WatchRun(
@@ -117,7 +180,9 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_resources_pb2.RunEvent], _abc.AsyncIterator[_resources_pb2.RunEvent]]:
         """Replays the run's committed events with seq > after_seq, then follows live ones
-        until the run stops. Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow).
+        until the run stops. Errors: INVALID_ARGUMENT (empty run_id, negative after_seq),
+        NOT_FOUND, RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the run's session,
+        or a subscriber that stopped reading or fell behind: resume with after_seq).
         """
 
     @_abc_1.abstractmethod
@@ -126,7 +191,7 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_run_service_pb2.GetFlowRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowRun, _abc.Awaitable[_resources_pb2.FlowRun]]:
-        """Errors: NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListFlowRuns(
@@ -134,7 +199,7 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _flow_run_service_pb2.ListFlowRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flow_run_service_pb2.ListFlowRunsResponse, _abc.Awaitable[_flow_run_service_pb2.ListFlowRunsResponse]]:
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
 
     @_abc_1.abstractmethod
     def CancelFlowRun(
@@ -143,7 +208,8 @@ class FlowRunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowRun, _abc.Awaitable[_resources_pb2.FlowRun]]:
         """Stops the run; answers once RUN_CANCELLED is committed.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (run already finished).
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (run already finished,
+        or it finished before the cancel took effect).
         """
 
 def add_FlowRunServiceServicer_to_server(servicer: FlowRunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

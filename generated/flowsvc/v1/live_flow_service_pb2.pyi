@@ -33,7 +33,9 @@ class CreateLiveFlowRequest(_message.Message):
     name: _builtins.str
     description: _builtins.str
     request_id: _builtins.str
-    """Makes the create safe to retry: the same id returns the first result."""
+    """Makes the create safe to retry: the same id with the same request returns the flow the
+    first one made; with a different request it is ALREADY_EXISTS. At most 128 characters.
+    """
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Step]:
         """The first version's graph; when both are empty the flow starts without a version."""

@@ -28,9 +28,15 @@ if _version_not_supported:
 
 
 class LiveFlowServiceStub:
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel):
@@ -82,22 +88,30 @@ class LiveFlowServiceStub:
 
 
 class LiveFlowServiceServicer:
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def CreateLiveFlow(self, request, context):
         """Creates a flow, optionally with its first version's graph.
-        Errors: INVALID_ARGUMENT (BadRequest field violations for the name or any graph rule),
-        ALREADY_EXISTS (request_id reused with a different request).
+        Errors: INVALID_ARGUMENT (BadRequest field violations: name, description, request_id, any
+        graph rule, an auto_eval_flow_ids entry that is not one of the organisation's flows),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLiveFlow(self, request, context):
-        """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id, unknown view), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,14 +126,16 @@ class LiveFlowServiceServicer:
 
     def UpdateLiveFlow(self, request, context):
         """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
-        Errors: INVALID_ARGUMENT (unknown mask path, bad value), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
+        auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteLiveFlow(self, request, context):
-        """Deletes the flow, its versions and its sessions. Errors: NOT_FOUND.
+        """Deletes the flow, its versions and its sessions.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -127,21 +143,23 @@ class LiveFlowServiceServicer:
 
     def CreateFlowVersion(self, request, context):
         """Publishes a new immutable version; it becomes the flow's current version.
-        Errors: INVALID_ARGUMENT (BadRequest field violations for any graph rule), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (empty flow_id, BadRequest field violations for any graph rule),
+        NOT_FOUND (flow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetFlowVersion(self, request, context):
-        """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListFlowVersions(self, request, context):
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token), NOT_FOUND (flow).
+        """Newest first. Errors: INVALID_ARGUMENT (empty flow_id, bad page_size or page_token),
+        NOT_FOUND (flow).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,9 +217,15 @@ def add_LiveFlowServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LiveFlowService:
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @staticmethod

@@ -29,9 +29,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LiveFlowServiceStub:
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_typing.overload
@@ -40,64 +46,92 @@ class LiveFlowServiceStub:
     def __new__(cls, channel: _aio.Channel) -> LiveFlowServiceAsyncStub: ...
     CreateLiveFlow: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.CreateLiveFlowRequest, _resources_pb2.LiveFlow]
     """Creates a flow, optionally with its first version's graph.
-    Errors: INVALID_ARGUMENT (BadRequest field violations for the name or any graph rule),
-    ALREADY_EXISTS (request_id reused with a different request).
+    Errors: INVALID_ARGUMENT (BadRequest field violations: name, description, request_id, any
+    graph rule, an auto_eval_flow_ids entry that is not one of the organisation's flows),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]).
     """
     GetLiveFlow: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.GetLiveFlowRequest, _resources_pb2.LiveFlow]
-    """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id, unknown view), NOT_FOUND."""
     ListLiveFlows: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListLiveFlowsRequest, _live_flow_service_pb2.ListLiveFlowsResponse]
     """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     UpdateLiveFlow: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.UpdateLiveFlowRequest, _resources_pb2.LiveFlow]
     """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
-    Errors: INVALID_ARGUMENT (unknown mask path, bad value), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
+    auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
     """
     DeleteLiveFlow: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.DeleteLiveFlowRequest, _empty_pb2.Empty]
-    """Deletes the flow, its versions and its sessions. Errors: NOT_FOUND."""
+    """Deletes the flow, its versions and its sessions.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
+    """
     CreateFlowVersion: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.CreateFlowVersionRequest, _resources_pb2.FlowVersion]
     """Publishes a new immutable version; it becomes the flow's current version.
-    Errors: INVALID_ARGUMENT (BadRequest field violations for any graph rule), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (empty flow_id, BadRequest field violations for any graph rule),
+    NOT_FOUND (flow).
     """
     GetFlowVersion: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.GetFlowVersionRequest, _resources_pb2.FlowVersion]
-    """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListFlowVersions: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListFlowVersionsRequest, _live_flow_service_pb2.ListFlowVersionsResponse]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token), NOT_FOUND (flow)."""
+    """Newest first. Errors: INVALID_ARGUMENT (empty flow_id, bad page_size or page_token),
+    NOT_FOUND (flow).
+    """
 
 @_typing.type_check_only
 class LiveFlowServiceAsyncStub(LiveFlowServiceStub):
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateLiveFlow: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.CreateLiveFlowRequest, _resources_pb2.LiveFlow]  # type: ignore[assignment]
     """Creates a flow, optionally with its first version's graph.
-    Errors: INVALID_ARGUMENT (BadRequest field violations for the name or any graph rule),
-    ALREADY_EXISTS (request_id reused with a different request).
+    Errors: INVALID_ARGUMENT (BadRequest field violations: name, description, request_id, any
+    graph rule, an auto_eval_flow_ids entry that is not one of the organisation's flows),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]).
     """
     GetLiveFlow: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.GetLiveFlowRequest, _resources_pb2.LiveFlow]  # type: ignore[assignment]
-    """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id, unknown view), NOT_FOUND."""
     ListLiveFlows: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListLiveFlowsRequest, _live_flow_service_pb2.ListLiveFlowsResponse]  # type: ignore[assignment]
     """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     UpdateLiveFlow: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.UpdateLiveFlowRequest, _resources_pb2.LiveFlow]  # type: ignore[assignment]
     """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
-    Errors: INVALID_ARGUMENT (unknown mask path, bad value), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
+    auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
     """
     DeleteLiveFlow: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.DeleteLiveFlowRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes the flow, its versions and its sessions. Errors: NOT_FOUND."""
+    """Deletes the flow, its versions and its sessions.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
+    """
     CreateFlowVersion: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.CreateFlowVersionRequest, _resources_pb2.FlowVersion]  # type: ignore[assignment]
     """Publishes a new immutable version; it becomes the flow's current version.
-    Errors: INVALID_ARGUMENT (BadRequest field violations for any graph rule), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (empty flow_id, BadRequest field violations for any graph rule),
+    NOT_FOUND (flow).
     """
     GetFlowVersion: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.GetFlowVersionRequest, _resources_pb2.FlowVersion]  # type: ignore[assignment]
-    """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListFlowVersions: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListFlowVersionsRequest, _live_flow_service_pb2.ListFlowVersionsResponse]  # type: ignore[assignment]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token), NOT_FOUND (flow)."""
+    """Newest first. Errors: INVALID_ARGUMENT (empty flow_id, bad page_size or page_token),
+    NOT_FOUND (flow).
+    """
 
 class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Live flows and their immutable versions. Every RPC needs an API key
-    (UNAUTHENTICATED without a valid one) and sees only the key's organisation:
-    another organisation's resource is NOT_FOUND.
+    """Live flows and their immutable versions. Every RPC needs an API key and sees only the key's
+    organisation: another organisation's resource is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_abc_1.abstractmethod
@@ -107,8 +141,10 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.LiveFlow, _abc.Awaitable[_resources_pb2.LiveFlow]]:
         """Creates a flow, optionally with its first version's graph.
-        Errors: INVALID_ARGUMENT (BadRequest field violations for the name or any graph rule),
-        ALREADY_EXISTS (request_id reused with a different request).
+        Errors: INVALID_ARGUMENT (BadRequest field violations: name, description, request_id, any
+        graph rule, an auto_eval_flow_ids entry that is not one of the organisation's flows),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]).
         """
 
     @_abc_1.abstractmethod
@@ -117,7 +153,7 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _live_flow_service_pb2.GetLiveFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.LiveFlow, _abc.Awaitable[_resources_pb2.LiveFlow]]:
-        """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id, unknown view), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListLiveFlows(
@@ -134,7 +170,8 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.LiveFlow, _abc.Awaitable[_resources_pb2.LiveFlow]]:
         """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
-        Errors: INVALID_ARGUMENT (unknown mask path, bad value), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
+        auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -143,7 +180,9 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _live_flow_service_pb2.DeleteLiveFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes the flow, its versions and its sessions. Errors: NOT_FOUND."""
+        """Deletes the flow, its versions and its sessions.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
+        """
 
     @_abc_1.abstractmethod
     def CreateFlowVersion(
@@ -152,7 +191,8 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowVersion, _abc.Awaitable[_resources_pb2.FlowVersion]]:
         """Publishes a new immutable version; it becomes the flow's current version.
-        Errors: INVALID_ARGUMENT (BadRequest field violations for any graph rule), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (empty flow_id, BadRequest field violations for any graph rule),
+        NOT_FOUND (flow).
         """
 
     @_abc_1.abstractmethod
@@ -161,7 +201,7 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _live_flow_service_pb2.GetFlowVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowVersion, _abc.Awaitable[_resources_pb2.FlowVersion]]:
-        """Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListFlowVersions(
@@ -169,6 +209,8 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _live_flow_service_pb2.ListFlowVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_live_flow_service_pb2.ListFlowVersionsResponse, _abc.Awaitable[_live_flow_service_pb2.ListFlowVersionsResponse]]:
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token), NOT_FOUND (flow)."""
+        """Newest first. Errors: INVALID_ARGUMENT (empty flow_id, bad page_size or page_token),
+        NOT_FOUND (flow).
+        """
 
 def add_LiveFlowServiceServicer_to_server(servicer: LiveFlowServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

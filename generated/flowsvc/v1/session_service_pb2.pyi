@@ -42,6 +42,9 @@ class CreateSessionRequest(_message.Message):
     version: _builtins.int
     """0 means the flow's current version."""
     request_id: _builtins.str
+    """Makes the create safe to retry: the same id with the same request answers with the session
+    the first one made; with a different request it is ALREADY_EXISTS. At most 128 characters.
+    """
     wait: _builtins.bool
     """Answer only once the session stops running (completed, failed or waiting for input)."""
     @_builtins.property
@@ -163,6 +166,10 @@ class SubmitUserInputRequest(_message.Message):
     """The waiting session step's id; empty means whichever step is waiting."""
     wait: _builtins.bool
     request_id: _builtins.str
+    """Makes the answer safe to retry: the same id with the same user_input (and step_id, when
+    given) answers as the first one did, whatever the session's state now; with a different
+    user_input or step_id it is ALREADY_EXISTS.
+    """
     def __init__(
         self,
         *,

@@ -28,8 +28,17 @@ if _version_not_supported:
 
 
 class SessionServiceStub:
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     def __init__(self, channel):
@@ -76,28 +85,42 @@ class SessionServiceStub:
 
 
 class SessionServiceServicer:
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     def CreateSession(self, request, context):
         """Creates a session and starts the flow with inputs as the body.
-        Errors: INVALID_ARGUMENT (field violations: name, expiration_seconds, missing required input),
-        NOT_FOUND (flow or version), FAILED_PRECONDITION (flow has no version).
+        Errors: INVALID_ARGUMENT (empty live_flow_id, negative version, field violations: name,
+        expiration_seconds, messages, variables or inputs too large, missing required input,
+        request_id over 128 characters), NOT_FOUND (flow or version),
+        FAILED_PRECONDITION (flow has no version),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Errors: NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token).
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token, unknown status).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,23 +128,26 @@ class SessionServiceServicer:
 
     def SubmitUserInput(self, request, context):
         """Answers the INPUT step the session waits on and resumes the run.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (session not waiting for input, expired,
-        step_id not the waiting step), INVALID_ARGUMENT.
+        Errors: INVALID_ARGUMENT (empty session_id, user_input over max_user_input_chars,
+        request_id over 128 characters), NOT_FOUND, FAILED_PRECONDITION (session not waiting for
+        input or expired, step_id not the waiting step),
+        ALREADY_EXISTS (request_id already used for a different user_input, or with a step_id
+        other than the step it answered; an ErrorInfo with reason REQUEST_ID_REUSED names it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelSession(self, request, context):
-        """Stops the running step, marks the rest CANCELLED. Errors: NOT_FOUND,
-        FAILED_PRECONDITION (already completed, failed or expired).
+        """Stops the running step, marks the rest CANCELLED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (session expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSession(self, request, context):
-        """Errors: NOT_FOUND.
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,7 +155,9 @@ class SessionServiceServicer:
 
     def WatchSession(self, request, context):
         """Replays committed events with seq > after_seq, then follows live ones.
-        Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow or too many subscribers).
+        Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+        RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
+        that stopped reading or fell behind: resume with after_seq).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,8 +210,17 @@ def add_SessionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SessionService:
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     @staticmethod

@@ -29,8 +29,17 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SessionServiceStub:
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     @_typing.overload
@@ -39,64 +48,102 @@ class SessionServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SessionServiceAsyncStub: ...
     CreateSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _resources_pb2.Session]
     """Creates a session and starts the flow with inputs as the body.
-    Errors: INVALID_ARGUMENT (field violations: name, expiration_seconds, missing required input),
-    NOT_FOUND (flow or version), FAILED_PRECONDITION (flow has no version).
+    Errors: INVALID_ARGUMENT (empty live_flow_id, negative version, field violations: name,
+    expiration_seconds, messages, variables or inputs too large, missing required input,
+    request_id over 128 characters), NOT_FOUND (flow or version),
+    FAILED_PRECONDITION (flow has no version),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
     """
     GetSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _resources_pb2.Session]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token, unknown status)."""
     SubmitUserInput: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.SubmitUserInputRequest, _resources_pb2.Session]
     """Answers the INPUT step the session waits on and resumes the run.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (session not waiting for input, expired,
-    step_id not the waiting step), INVALID_ARGUMENT.
+    Errors: INVALID_ARGUMENT (empty session_id, user_input over max_user_input_chars,
+    request_id over 128 characters), NOT_FOUND, FAILED_PRECONDITION (session not waiting for
+    input or expired, step_id not the waiting step),
+    ALREADY_EXISTS (request_id already used for a different user_input, or with a step_id
+    other than the step it answered; an ErrorInfo with reason REQUEST_ID_REUSED names it).
     """
     CancelSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.CancelSessionRequest, _resources_pb2.Session]
-    """Stops the running step, marks the rest CANCELLED. Errors: NOT_FOUND,
-    FAILED_PRECONDITION (already completed, failed or expired).
+    """Stops the running step, marks the rest CANCELLED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (session expired).
     """
     DeleteSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     WatchSession: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionRequest, _resources_pb2.RunEvent]
     """Replays committed events with seq > after_seq, then follows live ones.
-    Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow or too many subscribers).
+    Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+    RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
+    that stopped reading or fell behind: resume with after_seq).
     """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CreateSessionRequest, _resources_pb2.Session]  # type: ignore[assignment]
     """Creates a session and starts the flow with inputs as the body.
-    Errors: INVALID_ARGUMENT (field violations: name, expiration_seconds, missing required input),
-    NOT_FOUND (flow or version), FAILED_PRECONDITION (flow has no version).
+    Errors: INVALID_ARGUMENT (empty live_flow_id, negative version, field violations: name,
+    expiration_seconds, messages, variables or inputs too large, missing required input,
+    request_id over 128 characters), NOT_FOUND (flow or version),
+    FAILED_PRECONDITION (flow has no version),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
     """
     GetSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.GetSessionRequest, _resources_pb2.Session]  # type: ignore[assignment]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ListSessionsRequest, _session_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
-    """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+    """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token, unknown status)."""
     SubmitUserInput: _aio.UnaryUnaryMultiCallable[_session_service_pb2.SubmitUserInputRequest, _resources_pb2.Session]  # type: ignore[assignment]
     """Answers the INPUT step the session waits on and resumes the run.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (session not waiting for input, expired,
-    step_id not the waiting step), INVALID_ARGUMENT.
+    Errors: INVALID_ARGUMENT (empty session_id, user_input over max_user_input_chars,
+    request_id over 128 characters), NOT_FOUND, FAILED_PRECONDITION (session not waiting for
+    input or expired, step_id not the waiting step),
+    ALREADY_EXISTS (request_id already used for a different user_input, or with a step_id
+    other than the step it answered; an ErrorInfo with reason REQUEST_ID_REUSED names it).
     """
     CancelSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.CancelSessionRequest, _resources_pb2.Session]  # type: ignore[assignment]
-    """Stops the running step, marks the rest CANCELLED. Errors: NOT_FOUND,
-    FAILED_PRECONDITION (already completed, failed or expired).
+    """Stops the running step, marks the rest CANCELLED.
+    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (session expired).
     """
     DeleteSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.DeleteSessionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Errors: NOT_FOUND."""
+    """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
     WatchSession: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionRequest, _resources_pb2.RunEvent]  # type: ignore[assignment]
     """Replays committed events with seq > after_seq, then follows live ones.
-    Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow or too many subscribers).
+    Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+    RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
+    that stopped reading or fell behind: resume with after_seq).
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Sessions: one conversation over a flow. Every RPC needs an API key and sees
-    only the key's organisation; another organisation's session is NOT_FOUND.
+    """Sessions: one conversation over a flow. Every RPC needs an API key and sees only the key's
+    organisation; another organisation's session is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
+    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
+    to resume from.
     """
 
     @_abc_1.abstractmethod
@@ -106,8 +153,13 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Session, _abc.Awaitable[_resources_pb2.Session]]:
         """Creates a session and starts the flow with inputs as the body.
-        Errors: INVALID_ARGUMENT (field violations: name, expiration_seconds, missing required input),
-        NOT_FOUND (flow or version), FAILED_PRECONDITION (flow has no version).
+        Errors: INVALID_ARGUMENT (empty live_flow_id, negative version, field violations: name,
+        expiration_seconds, messages, variables or inputs too large, missing required input,
+        request_id over 128 characters), NOT_FOUND (flow or version),
+        FAILED_PRECONDITION (flow has no version),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
         """
 
     @_abc_1.abstractmethod
@@ -116,7 +168,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.GetSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Session, _abc.Awaitable[_resources_pb2.Session]]:
-        """Errors: NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def ListSessions(
@@ -124,7 +176,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_session_service_pb2.ListSessionsResponse, _abc.Awaitable[_session_service_pb2.ListSessionsResponse]]:
-        """Newest first. Errors: INVALID_ARGUMENT (bad page_size or page_token)."""
+        """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token, unknown status)."""
 
     @_abc_1.abstractmethod
     def SubmitUserInput(
@@ -133,8 +185,11 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Session, _abc.Awaitable[_resources_pb2.Session]]:
         """Answers the INPUT step the session waits on and resumes the run.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (session not waiting for input, expired,
-        step_id not the waiting step), INVALID_ARGUMENT.
+        Errors: INVALID_ARGUMENT (empty session_id, user_input over max_user_input_chars,
+        request_id over 128 characters), NOT_FOUND, FAILED_PRECONDITION (session not waiting for
+        input or expired, step_id not the waiting step),
+        ALREADY_EXISTS (request_id already used for a different user_input, or with a step_id
+        other than the step it answered; an ErrorInfo with reason REQUEST_ID_REUSED names it).
         """
 
     @_abc_1.abstractmethod
@@ -143,8 +198,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.CancelSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Session, _abc.Awaitable[_resources_pb2.Session]]:
-        """Stops the running step, marks the rest CANCELLED. Errors: NOT_FOUND,
-        FAILED_PRECONDITION (already completed, failed or expired).
+        """Stops the running step, marks the rest CANCELLED.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND, FAILED_PRECONDITION (session expired).
         """
 
     @_abc_1.abstractmethod
@@ -153,7 +208,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _session_service_pb2.DeleteSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Errors: NOT_FOUND."""
+        """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
 
     @_abc_1.abstractmethod
     def WatchSession(
@@ -162,7 +217,9 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_resources_pb2.RunEvent], _abc.AsyncIterator[_resources_pb2.RunEvent]]:
         """Replays committed events with seq > after_seq, then follows live ones.
-        Errors: NOT_FOUND, RESOURCE_EXHAUSTED (subscriber too slow or too many subscribers).
+        Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+        RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
+        that stopped reading or fell behind: resume with after_seq).
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,6 +8,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from flowsvc.domain import errors
 
+ERROR_DOMAIN = "flowsvc.v1"
+
 _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
@@ -19,7 +21,6 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 
@@ -49,6 +50,10 @@ def _details(exc: errors.DomainError) -> list[any_pb2.Any]:
                     subject=exc.subject or exc.limit, description=exc.message
                 )
             ]
+        )
+    elif isinstance(exc, errors.AlreadyExists) and exc.reason:
+        detail = error_details_pb2.ErrorInfo(
+            reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata
         )
     elif isinstance(exc, errors.NotFound):
         detail = error_details_pb2.ResourceInfo(

@@ -43,7 +43,19 @@ class NotFound(DomainError):
 
 
 class AlreadyExists(DomainError):
-    pass
+    def __init__(self, message: str, *, reason: str = "", metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+
+    @classmethod
+    def request_id_reused(cls, request_id: str) -> AlreadyExists:
+        """A request_id already used for a different request (RPC, resource or fields)."""
+        return cls(
+            f"request_id {request_id!r} was already used for a different request",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": request_id},
+        )
 
 
 class FailedPrecondition(DomainError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from flowsvc.domain.errors import (
 from flowsvc.domain.evals import MODE_BLOCK, MODE_SKIP, Evaluations, run_mode
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
-from flowsvc.domain.idempotency import RequestClaims
+from flowsvc.domain.idempotency import RequestClaims, request_digest
 from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, LiveFlow, StepType
@@ -336,9 +335,7 @@ class FlowRuns:
         """The run an earlier request with this request_id started, if it was this request."""
         existing = await self.get_run(org, run_id)
         if existing.request_digest and existing.request_digest != digest:
-            raise AlreadyExists(
-                f"request_id {request_id!r} was already used for a different request"
-            )
+            raise AlreadyExists.request_id_reused(request_id)
         existing = await self.finished_by_id(org, existing.id)
         session = await self._runs.get_session(org, existing.session_id)
         if session is None:
@@ -565,14 +562,3 @@ class FlowRuns:
         for run in await self._leases.active_runs_of_flow(org, flow_id):
             with contextlib.suppress(NotFound):
                 await self.stop_run(run)
-
-
-def request_digest(method: str, *parts: Any) -> str:
-    """What makes two requests with one request_id the same request."""
-    text = json.dumps(
-        [method, *[p.__dict__ if hasattr(p, "__dict__") else p for p in parts]],
-        sort_keys=True,
-        default=str,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
-from flowsvc.domain.errors import FieldViolation, InvalidArgument, NotFound
+from flowsvc.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
 from flowsvc.domain.graph import validate_graph
+from flowsvc.domain.idempotency import request_digest
 from flowsvc.domain.ids import new_id, now, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, Graph, LiveFlow, Step, Transition
@@ -87,11 +89,25 @@ class FlowCatalog:
             updated_at=stamp,
             auto_eval_flow_ids=tuple(auto_eval_flow_ids),
         )
+        if request_id:
+            flow.request_digest = request_digest(
+                "CreateLiveFlow",
+                name,
+                description,
+                [asdict(s) for s in steps],
+                [asdict(t) for t in transitions],
+                list(auto_eval_flow_ids),
+            )
         version = None
         if graph is not None:
             version = FlowVersion(new_id(), flow.id, org, 1, graph, stamp)
             flow.current_version = version
-        return await self._store.create_flow(flow, version, request_id)
+        made = await self._store.create_flow(flow, version, request_id)
+        # An earlier request with this request_id made `made`; it must have been this request.
+        # A flow made before digests were kept has none, and is answered as before.
+        if made.id != flow.id and made.request_digest not in ("", flow.request_digest):
+            raise AlreadyExists.request_id_reused(request_id)
+        return made
 
     async def _check_eval_flows(self, org: str, flow_ids: Sequence[str]) -> None:
         for i, flow_id in enumerate(flow_ids):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 
 class Claim:
@@ -70,3 +73,14 @@ class RequestClaims:
             claim = Claim(self, key)
             self.inflight[key] = claim.future
             return None, claim
+
+
+def request_digest(method: str, *parts: Any) -> str:
+    """What makes two requests with one request_id the same request."""
+    text = json.dumps(
+        [method, *[p.__dict__ if hasattr(p, "__dict__") else p for p in parts]],
+        sort_keys=True,
+        default=str,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -109,6 +109,8 @@ class LiveFlow:
     # Filled only when a caller asks for the full view; typed loosely to keep this
     # module free of the session records that build on it.
     sessions: list[object] = field(default_factory=list)
+    # What made the flow, when a request_id came with it: a retry must be the same request.
+    request_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,10 @@ from flowsvc.domain.flow_runs import (
     RunOptions,
     check_inputs,
     check_json_size,
-    request_digest,
 )
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
+from flowsvc.domain.idempotency import request_digest
 from flowsvc.domain.ids import require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion
@@ -167,9 +167,7 @@ class Sessions:
         """The session an earlier request with this request_id made, if it was this request."""
         view = await self.get(org, session_id)
         if view.session.request_digest and view.session.request_digest != digest:
-            raise AlreadyExists(
-                f"request_id {request_id!r} was already used for a different request"
-            )
+            raise AlreadyExists.request_id_reused(request_id)
         if wait:
             for run in await self._leases.active_runs(session_id):
                 await self._flow_runs.finished_by_id(org, run.id)
@@ -239,6 +237,15 @@ class Sessions:
             )
         async with self._hold(org, session_id) as state:
             run_id = await self._engine.submit_input(state, answer, step_id, request_id)
+        if request_id:
+            # The engine answers a known request_id with the run it resumed then. Read after
+            # it (this request's own answer is committed by now, so it is found too): the
+            # step answered with this id must have been answered with this request.
+            answered = await self._store.step_by_input_request(session_id, request_id)
+            if answered is not None and (
+                answered.user_input != answer or step_id not in ("", answered.id)
+            ):
+                raise AlreadyExists.request_id_reused(request_id)
         if wait:
             await self._flow_runs.finished_by_id(org, run_id)
         return await self.get(org, session_id)
@@ -249,10 +256,8 @@ class Sessions:
         return self._engine.session_state(org, session_id, wait=self._hold_wait)
 
     async def cancel(self, org: str, session_id: str) -> SessionView:
-        require_id("id", session_id, "session")
-        session = await self._store.get_session(org, session_id)
-        if session is None:
-            raise NotFound("session", session_id)
+        # Read as GetSession reads: a session past its expiry is expired first.
+        session = (await self.get(org, session_id)).session
         if session.status is SessionStatus.EXPIRED:
             raise FailedPrecondition(
                 "the session has expired",

@@ -63,6 +63,7 @@ def _flow(row: Row[Any], current: FlowVersion | None) -> LiveFlow:
         updated_at=row.updated_at,
         auto_eval_flow_ids=tuple(row.auto_eval_flow_ids),
         current_version=current,
+        request_digest=row.request_digest or "",
     )
 
 
@@ -124,6 +125,7 @@ class SqlStore:
                         current_version_id=first_version.id if first_version else None,
                         auto_eval_flow_ids=list(flow.auto_eval_flow_ids),
                         request_id=request_id or None,
+                        request_digest=flow.request_digest,
                         created_at=flow.created_at,
                         updated_at=flow.updated_at,
                     )

@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         "--listen", help="HOST:PORT (env FLOWSVC_LISTEN; default 127.0.0.1:50051)"
     )
     serve_cmd.add_argument("--database-url", help="SQLAlchemy URL (env FLOWSVC_DATABASE_URL)")
+    serve_cmd.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT for Prometheus /metrics (env FLOWSVC_METRICS_LISTEN; default off)",
+    )
 
     keys_cmd = commands.add_parser("keys", help="manage API keys")
     key_actions = keys_cmd.add_subparsers(dest="action", required=True)
@@ -111,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     settings = Settings.from_env(
-        listen=getattr(args, "listen", None), database_url=args.database_url
+        listen=getattr(args, "listen", None),
+        database_url=args.database_url,
+        metrics_listen=getattr(args, "metrics_listen", None),
     )
     logs.configure(settings.log_level)
     if args.command == "serve":

@@ -65,6 +65,10 @@ class Settings:
     lease_seconds: float = 10.0
     # How often each replica looks for runs to take over and cancel requests to honour.
     claim_poll_seconds: float = 0.5
+    # Prometheus text at http://HOST:PORT/metrics when set; off when empty.
+    metrics_listen: str = ""
+    # Flows whose runs are counted under their own id (others as "other"): labels stay bounded.
+    metrics_flow_ids: tuple[str, ...] = ()
     # How often subscribers' sessions are checked for events a lost notification missed.
     feed_poll_seconds: float = 1.0
 
@@ -97,6 +101,10 @@ class Settings:
             "tls_key_file": env.get("FLOWSVC_TLS_KEY", ""),
             "tls_client_ca_file": env.get("FLOWSVC_TLS_CLIENT_CA", ""),
             "lease_seconds": float(env.get("FLOWSVC_LEASE_SECONDS", "10")),
+            "metrics_listen": env.get("FLOWSVC_METRICS_LISTEN", ""),
+            "metrics_flow_ids": tuple(
+                f.strip() for f in env.get("FLOWSVC_METRICS_FLOW_IDS", "").split(",") if f.strip()
+            ),
             "claim_poll_seconds": float(env.get("FLOWSVC_CLAIM_POLL_SECONDS", "0.5")),
             "feed_poll_seconds": float(env.get("FLOWSVC_FEED_POLL_SECONDS", "1")),
         }

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 from datetime import UTC, datetime
+from typing import Any
+
+# Fields every log line of the current call carries (method, organisation, session, run,
+# request_id, trace and span ids): set by the call guard, inherited by tasks the call starts.
+CALL_FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("call_fields")
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -18,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        fields = CALL_FIELDS.get(None)
+        if fields:
+            entry.update(fields)
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

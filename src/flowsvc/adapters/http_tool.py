@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import httpx
 
+from flowsvc.adapters.propagation import trace_headers
 from flowsvc.domain.tools import HttpCall, ToolError
 
 MAX_REDIRECTS = 5
@@ -45,7 +46,11 @@ class AllowListedHttp:
             self._check(url)
             try:
                 async with self._client.stream(
-                    method, url, headers=dict(request.headers), content=body, timeout=timeout
+                    method,
+                    url,
+                    headers={**dict(request.headers), **trace_headers()},
+                    content=body,
+                    timeout=timeout,
                 ) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = url.join(response.headers["location"])

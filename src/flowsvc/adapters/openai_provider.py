@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 
+from flowsvc.adapters.propagation import trace_headers
 from flowsvc.domain.providers import ModelChunk, ModelError, ModelRequest
 
 _KEY_LIKE = re.compile(r"\b(sk|pk|rk|key)[-_][A-Za-z0-9*_\-]{4,}", re.IGNORECASE)
@@ -51,6 +52,7 @@ class OpenAICompatible:
                 stream_options={"include_usage": True},
                 temperature=openai.omit if request.temperature is None else request.temperature,
                 max_tokens=openai.omit if request.max_tokens is None else request.max_tokens,
+                extra_headers=trace_headers(),
             )
             async for chunk in stream:
                 if chunk.choices:

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 
 from flowsvc.api.decode import Refusal, checked, core_receive_limit
+from flowsvc.api.observe import Call, CallObserver
 from flowsvc.api.status import rich_status, status_of
 from flowsvc.domain.errors import DomainError, Unauthenticated
 from flowsvc.domain.keys import Keys
@@ -78,19 +78,23 @@ class _Outcome:
 
 
 class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keys: Keys, max_request_bytes: int) -> None:
+    def __init__(
+        self, keys: Keys, max_request_bytes: int, observer: CallObserver | None = None
+    ) -> None:
         self._keys = keys
+        self._observer = observer or CallObserver()
         self._max_request_bytes = max_request_bytes
         # For grpc.max_receive_message_length: see decode.CORE_LIMIT_FACTOR.
         self.core_receive_limit = core_receive_limit(max_request_bytes)
 
-    async def _enter(self, method: str, metadata: dict[str, str]) -> Principal | None:
-        if method.startswith(PUBLIC_PREFIXES):
+    async def _enter(self, call: Call, metadata: dict[str, str]) -> Principal | None:
+        if call.fields["method"].startswith(PUBLIC_PREFIXES):
             return None
         principal = await self._keys.authenticate(
             _presented_key(metadata), metadata.get("current-org-id") or None
         )
         _principal.set(principal)
+        call.fields["organisation_id"] = principal.organisation_id
         return principal
 
     async def _guard_stream(self, principal: Principal, stream: asyncio.Task[Any]) -> None:
@@ -102,15 +106,10 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return
 
     @staticmethod
-    def _log(method: str, started: float, code: grpc.StatusCode) -> None:
-        log.info(
-            "rpc",
-            extra={
-                "method": method,
-                "code": code.name,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
+    def _log(call: Call, code: grpc.StatusCode) -> None:
+        seconds = call.finish(code)
+        if log.isEnabledFor(logging.INFO):
+            log.info("rpc", extra={"code": code.name, "duration_ms": round(seconds * 1000, 3)})
 
     async def intercept_service(
         self,
@@ -135,8 +134,11 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         ):
             serialize = handler.response_serializer
 
+            sent = self._observer.message_sent
+
             def pass_bytes(message: Any) -> bytes:
                 # Event streams write events serialized once for all their subscribers.
+                sent(method, "server_stream")
                 return message if isinstance(message, bytes) else serialize(message)
 
             return grpc.unary_stream_rpc_method_handler(
@@ -163,21 +165,23 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _unary(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
         async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
+            call = self._observer.start(method, "unary", metadata)
             outcome = _Outcome()
             response = None
             try:
-                await self._enter(method, metadata)
+                await self._enter(call, metadata)
                 if isinstance(request, Refusal):
                     raise request.error
+                call.saw(request)
                 response = await inner(request, context)
+                call.saw(response)
             except asyncio.CancelledError:
                 outcome.code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as exc:
                 outcome.fail(exc, method)
             finally:
-                self._log(method, started, outcome.code)
+                self._log(call, outcome.code)
             await outcome.abort(context)
             return response
 
@@ -185,13 +189,14 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def _writer(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
         async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            started = time.perf_counter()
+            call = self._observer.start(method, "server_stream", metadata)
             outcome = _Outcome()
             watchdog: asyncio.Task[None] | None = None
             try:
-                principal = await self._enter(method, metadata)
+                principal = await self._enter(call, metadata)
                 if isinstance(request, Refusal):
                     raise request.error
+                call.saw(request)
                 if principal is not None:
                     this = asyncio.current_task()
                     assert this is not None
@@ -210,7 +215,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 if watchdog is not None:
                     watchdog.cancel()
-                self._log(method, started, outcome.code)
+                self._log(call, outcome.code)
             await outcome.abort(context)
 
         return writer
@@ -225,7 +230,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def stream(
             incoming: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            started = time.perf_counter()
+            call = self._observer.start(method, "bidi_stream", {})
             outcome = _Outcome()
             try:
                 async for item in inner(requests(incoming), context):
@@ -236,20 +241,20 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:
                 outcome.fail(exc, method)
             finally:
-                self._log(method, started, outcome.code)
+                self._log(call, outcome.code)
             await outcome.abort(context)
 
         return stream
 
     def _refused(self, method: str) -> Any:
         async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            started = time.perf_counter()
+            call = self._observer.start(method, "unknown", {})
             outcome = _Outcome()
             code = grpc.StatusCode.UNIMPLEMENTED
             message = f"{method} is not available: the server cannot authenticate calls of its kind"
             outcome.code = code
             outcome.failure = (code, message, rich_status(code, message, []))
-            self._log(method, started, outcome.code)
+            self._log(call, outcome.code)
             await outcome.abort(context)
 
         return refuse

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from flowsvc.api.evals import EvalServicer
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
+from flowsvc.api.observe import CallObserver
 from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
 from flowsvc.domain.engine import Engine
@@ -33,7 +35,11 @@ from flowsvc.domain.keys import Keys
 from flowsvc.domain.pricing import Price, PriceTable
 from flowsvc.domain.providers import EchoProvider, ModelProvider, Providers
 from flowsvc.domain.sessions import Sessions
+from flowsvc.domain.telemetry import NoTelemetry
 from flowsvc.domain.tools import HttpTool
+from flowsvc.observability.metrics import Metrics
+from flowsvc.observability.telemetry import Observed
+from flowsvc.observability.tracing import tracer_provider_from_env
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
@@ -92,6 +98,11 @@ class FlowServer:
     sessions: Sessions
     evaluations: Evaluations
     closers: list[Callable[[], Awaitable[None]]]
+    metrics: Metrics | None = None
+    metrics_listen: str = ""
+    tracer_provider: Any = None
+    metrics_port: int = 0
+    _metrics_server: Any = None
     _sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -108,6 +119,11 @@ class FlowServer:
             log.info("resumed evaluation jobs", extra={"jobs": jobs})
         if self.feed is not None:
             self.feed.start()
+        if self.metrics is not None and self.metrics_listen:
+            self._metrics_server, _ = self.metrics.serve(self.metrics_listen)
+            self.metrics_port = self._metrics_server.server_port
+            log.info("metrics", extra={"listen": f"{self.metrics_listen.rpartition(':')[0]}:"
+                                                 f"{self.metrics_port}"})
         self.coordinator.start()
         await self.grpc_server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
@@ -156,6 +172,10 @@ class FlowServer:
             await self.feed.close()
         for close in self.closers:
             await close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # exports what is still buffered
         self.leases.close()
         await self.database.close()
 
@@ -244,6 +264,13 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         )
         writer.on_committed.append(feed.committed)
     providers, closers, http_tool = build_tools(settings)
+    metrics = Metrics(settings.metrics_flow_ids) if settings.metrics_listen else None
+    tracer_provider = tracer_provider_from_env()
+    telemetry = (
+        Observed(metrics, tracer_provider)
+        if metrics is not None or tracer_provider is not None
+        else NoTelemetry()
+    )
     engine = Engine(
         run_store,
         store,
@@ -261,12 +288,14 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
             }
         ),
         step_timeout=settings.step_timeout,
+        telemetry=telemetry,
     )
     evaluations = Evaluations(
         store,
         SqlEvalStore(database, replica_id, settings.lease_seconds),
         settings.limits,
         settings.clock,
+        telemetry,
     )
     flow_runs = FlowRuns(
         engine, store, run_store, hub, leases, settings.limits, settings.clock, evaluations
@@ -284,7 +313,19 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     catalog = FlowCatalog(store, settings.limits, run_store, flow_runs.stop_flow_runs)
 
-    guard = CallGuard(keys, settings.max_request_bytes)
+    guard = CallGuard(keys, settings.max_request_bytes, CallObserver(metrics, tracer_provider))
+    if metrics is not None:
+        metrics.sample(
+            engine.active_count,
+            evaluations.running_count,
+            lambda: (hub.subscriber_total(), hub.cut_off),
+        )
+
+        def committed(journals: int, seconds: float) -> None:
+            metrics.batch_size.observe(journals)
+            metrics.commit_seconds.observe(seconds)
+
+        writer.on_batch = committed
     server = grpc.aio.server(
         interceptors=[guard],
         options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", guard.core_receive_limit)],
@@ -339,6 +380,9 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         sessions,
         evaluations,
         closers,
+        metrics,
+        settings.metrics_listen,
+        tracer_provider,
     )
     writer.on_requeue = lambda _sessions: flow_server.coordinator.wake()
     return flow_server, port

@@ -16,6 +16,7 @@ from flowsvc.domain.limits import Limits
 from flowsvc.domain.paging import Listed, Page, listed, parse_page
 from flowsvc.domain.ports import FlowStore
 from flowsvc.domain.runs import FlowRun, RunStatus
+from flowsvc.domain.telemetry import NoTelemetry, Telemetry
 from flowsvc.domain.verdicts import parse_verdict
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ class Evaluations:
         store: EvalStore,
         limits: Limits,
         clock: Callable[[], datetime],
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self._telemetry: Telemetry = telemetry or NoTelemetry()
         self._flows = flows
         self._store = store
         self._limits = limits
@@ -186,6 +189,7 @@ class Evaluations:
             log.exception("evaluation job failed", extra={"job_id": job.id})
             job.status = EvalJobStatus.ERROR
         job.finished_at = self._clock()
+        self._telemetry.eval_job_finished(job.status.value)
         await self._store.save_job(job, new=False)
         if self.on_finished is not None:
             await self.on_finished(job)
@@ -258,6 +262,9 @@ class Evaluations:
             if job.id not in self._finished:
                 self._launch(job, None)
         return len(jobs)
+
+    def running_count(self) -> int:
+        return len(self._tasks)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

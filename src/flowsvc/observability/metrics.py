@@ -10,6 +10,7 @@ so no multiprocess mode is needed): scrape every replica.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -92,9 +93,10 @@ class Metrics:
         self.eval_jobs_running.set_function(eval_jobs)
         self.registry.register(_Subscribers(subscribers))
 
-    def serve(self, listen: str) -> None:
+    def serve(self, listen: str) -> tuple[Any, Any]:
+        """Serve /metrics on a thread; (server, thread). Port 0 picks a free port."""
         host, _, port = listen.rpartition(":")
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)
+        return start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)
 
 
 class _Subscribers(Collector):

@@ -262,6 +262,10 @@ class EngineCore:
     def _context(self, state: SessionState, run: FlowRun, version: FlowVersion) -> RunContext:
         return RunContext(state, run, version, self._graph(version))
 
+    def active_count(self) -> int:
+        """Runs executing on this replica."""
+        return len(self._tasks)
+
     def has_task(self, run_id: str) -> bool:
         return run_id in self._tasks
 

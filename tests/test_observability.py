@@ -1,0 +1,212 @@
+"""What an operator sees: Prometheus metrics scraped over HTTP after real calls, and spans
+received by a real OTLP/HTTP endpoint on loopback (the wire protocol a collector speaks)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from flowsvc.config import Settings
+from flowsvc.v1 import flow_run_service_pb2 as fr
+from flowsvc.v1 import session_service_pb2 as ss
+from tests.graphs import create_request, struct
+from tests.harness import (
+    ChildServer,
+    InProcessServer,
+    bearer,
+    connect,
+    iter_lines,
+    mint_key,
+    sqlite_url,
+    wait_until,
+)
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """The sample of `name` whose labels include `labels`."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels}")
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InProcessServer, str]]:
+    url = sqlite_url(tmp_path_factory.mktemp("db") / "flowsvc.db")
+    server = InProcessServer(
+        Settings(listen="127.0.0.1:0", database_url=url, metrics_listen="127.0.0.1:0")
+    )
+    try:
+        yield server, mint_key(url, "acme")
+    finally:
+        server.stop()
+
+
+def test_rpc_metrics_count_calls_by_method_type_and_code(
+    metered: tuple[InProcessServer, str],
+) -> None:
+    server, key = metered
+    client = connect(server.address, bearer(key))
+    flow = client.flows.CreateLiveFlow(create_request())
+    client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="why?")))
+    with pytest.raises(Exception):  # noqa: B017 - any error: it is the count that matters
+        client.sessions.GetSession(ss.GetSessionRequest(id="00000000-0000-7000-8000-000000000000"))
+    events = list(
+        client.runs.StreamRunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="a")))
+    )
+    text = _scrape(server.server.metrics_port)
+    run_flow = {"grpc_service": "flowsvc.v1.FlowRunService", "grpc_method": "RunFlow"}
+    assert _value(text, "grpc_server_started_total", grpc_type="unary", **run_flow) == 1
+    assert _value(text, "grpc_server_handled_total", grpc_code="OK", **run_flow) == 1
+    assert _value(text, "grpc_server_handling_seconds_count", **run_flow) == 1
+    assert (
+        _value(text, "grpc_server_handled_total", grpc_method="GetSession", grpc_code="NOT_FOUND")
+        == 1
+    )
+    assert _value(
+        text, "grpc_server_msg_sent_total", grpc_type="server_stream", grpc_method="StreamRunFlow"
+    ) == len(events)
+
+
+def test_flowsvc_metrics_count_runs_steps_models_and_commits(
+    metered: tuple[InProcessServer, str],
+) -> None:
+    server, key = metered
+    client = connect(server.address, bearer(key))
+    before = _scrape(server.server.metrics_port)
+    flow = client.flows.CreateLiveFlow(create_request())
+    client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="why?")))
+    text = _scrape(server.server.metrics_port)
+
+    def grew(name: str, **labels: str) -> float:
+        try:
+            earlier = _value(before, name, **labels)
+        except AssertionError:
+            earlier = 0.0
+        return _value(text, name, **labels) - earlier
+
+    assert grew("flowsvc_runs_total", flow_id="other", status="COMPLETE") == 1
+    assert grew("flowsvc_step_duration_seconds_count", step_type="LLM", status="COMPLETED") == 3
+    assert grew("flowsvc_model_calls_total", model="builtin/echo", outcome="ok") == 3
+    assert grew("flowsvc_commit_seconds_count") >= 1
+    assert _value(text, "flowsvc_active_runs") == 0
+    assert _value(text, "flowsvc_active_subscribers") == 0
+
+
+def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:
+    server = InProcessServer(
+        Settings(listen="127.0.0.1:0", database_url=sqlite_url(tmp_path / "db.sqlite"))
+    )
+    try:
+        assert server.server.metrics is None and server.server.metrics_port == 0
+    finally:
+        server.stop()
+
+
+class Collector:
+    """An OTLP/HTTP trace endpoint: POST /v1/traces with an ExportTraceServiceRequest."""
+
+    def __init__(self) -> None:
+        self.spans: list[Any] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        collector.spans.extend(scope.spans)
+                reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def test_spans_continue_the_callers_trace_down_to_each_step_and_model_call(
+    tmp_path: Path,
+) -> None:
+    collector = Collector()
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = ChildServer(
+        url,
+        tmp_path / "server.log",
+        {
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_SERVICE_NAME": "flowsvc-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    try:
+        key = mint_key(url, "acme")
+        caller = [*bearer(key), ("traceparent", f"00-{TRACE_ID}-{CALLER_SPAN}-01")]
+        client = connect(server.address, caller)
+        flow = connect(server.address, bearer(key)).flows.CreateLiveFlow(create_request())
+        run = client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
+        wait_until(lambda: sum(s.name.startswith("chat ") for s in collector.spans) >= 3)
+    finally:
+        server.signal(signal.SIGTERM)
+        server.wait()
+        collector.close()
+    ours = [s for s in collector.spans if s.trace_id.hex() == TRACE_ID]
+    by_name = {s.name: s for s in ours}
+    rpc = by_name["flowsvc.v1.FlowRunService/RunFlow"]
+    assert rpc.parent_span_id.hex() == CALLER_SPAN
+    assert rpc.kind == rpc.SPAN_KIND_SERVER
+    run_span = by_name["run"]
+    assert run_span.parent_span_id == rpc.span_id
+    assert {a.key: a.value.string_value for a in run_span.attributes}["flowsvc.run_id"] == run.id
+    steps = {s.name: s for s in ours if s.parent_span_id == run_span.span_id}
+    assert {"step start", "step draft", "step critique", "step final", "step end"} <= set(steps)
+    models = [s for s in ours if s.name == "chat builtin/echo"]
+    assert len(models) == 3
+    assert {m.parent_span_id for m in models} == {
+        steps[n].span_id for n in ("step draft", "step critique", "step final")
+    }
+    assert all(m.kind == m.SPAN_KIND_CLIENT for m in models)
+    # The call's log line carries the trace, the organisation, the run and its session.
+    line = next(
+        e
+        for e in iter_lines(tmp_path / "server.log")
+        if e.get("msg") == "rpc" and e.get("method", "").endswith("/RunFlow")
+    )
+    assert line["trace_id"] == TRACE_ID
+    assert (line["organisation_id"], line["run_id"], line["session_id"]) == (
+        "acme",
+        run.id,
+        run.session_id,
+    )

@@ -19,12 +19,20 @@ _STEP_TYPE_TO_PB = {t: pb.StepType.Value(f"STEP_TYPE_{t.value}") for t in model.
 _STEP_TYPE_FROM_PB = {v: k for k, v in _STEP_TYPE_TO_PB.items()}
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> Timestamp | None:
+    """What Timestamp.FromDatetime computes, without its pure-Python detour through a naive
+    datetime (a response carries a dozen of these)."""
     if value is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    delta = value - _EPOCH
+    return Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 # -- requests -> domain ---------------------------------------------------------------

@@ -26,6 +26,9 @@ class Leases(Protocol):
     """Which replica may change a session and run its runs (the engine's claim port)."""
 
     owner_id: str
+    # False when one process owns the database (SQLite): its own memory then knows every
+    # active run, and counting in the database would only cost a query per run.
+    shared: bool
 
     async def claim_session(self, org: str, session_id: str) -> SessionClaim: ...
 

@@ -34,6 +34,7 @@ class SqlLeases:
     lease_seconds: float
 
     def __post_init__(self) -> None:
+        self.shared = not self.db.is_sqlite
         now = now_ms_sql(self.db.dialect_name)
         self._now = now
         ttl = int(self.lease_seconds * 1000)

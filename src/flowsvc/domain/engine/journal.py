@@ -262,6 +262,10 @@ class EngineCore:
     def _context(self, state: SessionState, run: FlowRun, version: FlowVersion) -> RunContext:
         return RunContext(state, run, version, self._graph(version))
 
+    def active_runs_of(self, org: str) -> int:
+        """The organisation's runs executing (or waiting their turn) on this replica."""
+        return sum(1 for run in self._task_runs.values() if run.organisation_id == org)
+
     def active_count(self) -> int:
         """Runs executing on this replica."""
         return len(self._tasks)

@@ -4,6 +4,7 @@ moves that record its outcome (completed, failed, waiting for input, the run's e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -184,7 +185,11 @@ class StepExecution(EngineCore):
         outcome = "error"
         with self.telemetry.call_span(f"chat {model_name}", "model", model_name) as span:
             try:
-                async with asyncio.timeout(self._step_timeout):
+                # An instant provider (builtin) answers without waiting: no timer to arm.
+                limit = contextlib.nullcontext() if provider.instant else asyncio.timeout(
+                    self._step_timeout
+                )
+                async with limit:
                     async for chunk in provider.stream(request):
                         if chunk.text:
                             parts.append(chunk.text)

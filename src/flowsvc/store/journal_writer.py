@@ -195,6 +195,9 @@ class JournalWriter:
         # and with sessions released while runs were queued on them (the engine claims them).
         self.on_committed: list[Any] = []
         self.on_requeue: Any = None
+        # Called inside each commit's transaction with the event rows it inserts (the webhook
+        # outbox writes its deliveries there, so they are durable exactly when their events).
+        self.in_commit: list[Any] = []
 
     def start(self) -> None:
         if self._writer is None:
@@ -261,6 +264,8 @@ class JournalWriter:
                 self._allocate_seqs(conn, [row for _, row in new_events])
                 statement = self._insert_sql["events"]
                 conn.exec_driver_sql(statement.sql, statement.params([r for _, r in new_events]))
+                for hook in self.in_commit:
+                    hook(conn, [r for _, r in new_events])
             for name in ("sessions", "runs", "steps"):
                 if updates[name]:
                     statement = self._update_sql[name]

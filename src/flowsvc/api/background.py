@@ -1,4 +1,4 @@
-"""Wiring of webhooks (and their delivery worker) for create_server: kept here so the
+"""Wiring of webhooks and schedules (and their workers) for create_server: kept here so the
 server's own wiring only registers what this returns."""
 
 from __future__ import annotations
@@ -10,20 +10,32 @@ from typing import Any
 import grpc
 
 from flowsvc.adapters.webhook_sender import HttpxSender
+from flowsvc.api.schedules import ScheduleServicer
 from flowsvc.api.webhooks import DeliveryRenderer, WebhookServicer
 from flowsvc.config import Settings
 from flowsvc.domain.flow_runs import FlowRuns
+from flowsvc.domain.schedule_ticker import Ticker
+from flowsvc.domain.schedules import Schedules
 from flowsvc.domain.sessions import Sessions
 from flowsvc.domain.webhook_delivery import DeliveryWorker, RetryPolicy
 from flowsvc.domain.webhooks import AllowList, Webhooks
 from flowsvc.store.database import Database
 from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.run_store import SqlRunStore
+from flowsvc.store.schedule_store import SqlScheduleStore
 from flowsvc.store.sql_store import SqlStore
 from flowsvc.store.webhook_store import Outbox, SqlWebhookStore
-from flowsvc.v1 import webhook_service_pb2, webhook_service_pb2_grpc
+from flowsvc.v1 import (
+    schedule_service_pb2,
+    schedule_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
+)
 
-SERVICES = (webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,)
+SERVICES = (
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name,
+)
 
 
 @dataclass
@@ -44,7 +56,7 @@ class Background:
             await close()
 
 
-def add_webhooks(
+def add_services(
     server: grpc.aio.Server,
     settings: Settings,
     database: Database,
@@ -82,4 +94,14 @@ def add_webhooks(
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
         WebhookServicer(webhooks), server
     )
-    return Background(workers=[worker], closers=[sender.close])
+    schedule_store = SqlScheduleStore(database, replica_id)
+    schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(
+        ScheduleServicer(
+            Schedules(schedule_store, flow_runs, settings.limits, settings.clock)
+        ),
+        server,
+    )
+    ticker = Ticker(
+        schedule_store, flow_runs, settings.clock, poll_seconds=settings.schedule_poll_seconds
+    )
+    return Background(workers=[worker, ticker], closers=[sender.close])

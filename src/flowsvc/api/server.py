@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
 from flowsvc.api.background import SERVICES as BACKGROUND_SERVICES
-from flowsvc.api.background import Background, add_webhooks
+from flowsvc.api.background import Background, add_services
 from flowsvc.api.evals import EvalServicer
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
@@ -304,7 +304,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         FlowRunServicer(flow_runs, settings.stream_write_timeout), server
     )
     eval_service_pb2_grpc.add_EvalServiceServicer_to_server(EvalServicer(evaluations), server)
-    workers = add_webhooks(
+    workers = add_services(
         server, settings, database, replica_id, store, writer, run_store, flow_runs, sessions
     )
 

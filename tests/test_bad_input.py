@@ -52,7 +52,9 @@ DOCUMENTED = {
 }
 # Rows a refused request must not change. Sessions and runs are left out: evaluation jobs of
 # earlier accepted requests may still be adding theirs in the background.
-WATCHED_TABLES = ("live_flows", "flow_versions", "api_keys", "eval_jobs")
+WATCHED_TABLES = (
+    "live_flows", "flow_versions", "api_keys", "eval_jobs", "webhooks", "schedules"
+)
 KNOWN_IDS: list[str] = []
 
 nasty_text = st.one_of(

@@ -3,8 +3,10 @@ receiver, retried with the same webhook-id, ordered per session, never slowing r
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,7 +19,16 @@ from flowsvc.v1 import webhook_service_pb2 as wh
 from flowsvc.v1 import webhook_service_pb2_grpc as wh_grpc
 from tests.conftest import database_for
 from tests.graphs import create_request, struct, with_input
-from tests.harness import Client, InProcessServer, bearer, connect, mint_key, wait_until
+from tests.harness import (
+    ChildServer,
+    Client,
+    InProcessServer,
+    bearer,
+    connect,
+    mint_key,
+    sqlite_url,
+    wait_until,
+)
 from tests.webhook_receiver import Receiver, verify
 
 Acme = tuple[Client, wh_grpc.WebhookServiceStub]
@@ -190,3 +201,31 @@ def test_bad_webhooks_are_refused_precisely(acme: Acme) -> None:
     with pytest.raises(grpc.RpcError) as err:
         hooks.GetWebhook(wh.GetWebhookRequest(id="0190a0a0-0000-7000-8000-000000000000"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_delivery_committed_before_sigkill_is_sent_after_restart(tmp_path: Path) -> None:
+    receiver = Receiver()
+    receiver.plan["/k"] = ["hang"]  # committed, claimed, in flight: then the server dies
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    env = {"FLOWSVC_HTTP_ALLOW_HOSTS": receiver.host, "FLOWSVC_WEBHOOK_TIMEOUT": "30"}
+    first = ChildServer(url, tmp_path / "first.log", extra_env=env)
+    c = connect(first.address, bearer(key))
+    flow = c.flows.CreateLiveFlow(create_request())
+    hook = _hook(wh_grpc.WebhookServiceStub(c.channel), receiver.url("/k"), "run.completed")
+    run = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
+    wait_until(lambda: len(receiver.at("/k")) == 1, 10)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    c.close()
+    receiver.plan["/k"] = [200]
+    second = ChildServer(url, tmp_path / "second.log", extra_env=env)
+    try:
+        wait_until(lambda: len(receiver.at("/k")) >= 2, 20)
+        first_try, second_try = receiver.at("/k")[:2]
+        assert first_try.id == second_try.id and verify(hook.secret, second_try)
+        assert second_try.json["data"]["id"] == run.id
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait()
+        receiver.close()

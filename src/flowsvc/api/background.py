@@ -44,8 +44,12 @@ class Background:
 
     workers: list[Any] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run before the workers start (SQLite: leases of a killed process are given up).
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        for prepare in self.on_start:
+            await prepare()
         for worker in self.workers:
             worker.start()
 
@@ -104,4 +108,6 @@ def add_services(
     ticker = Ticker(
         schedule_store, flow_runs, settings.clock, poll_seconds=settings.schedule_poll_seconds
     )
-    return Background(workers=[worker, ticker], closers=[sender.close])
+    # With SQLite this process is the only server: whatever a previous one leased died with it.
+    forget = [hooks.forget_owners, schedule_store.forget_owners] if database.is_sqlite else []
+    return Background(workers=[worker, ticker], closers=[sender.close], on_start=forget)

@@ -112,7 +112,7 @@ class FlowServer:
         if self.feed is not None:
             self.feed.start()
         self.coordinator.start()
-        self.background.start()
+        await self.background.start()
         await self.grpc_server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
         await self.set_health(True)

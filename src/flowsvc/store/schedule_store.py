@@ -164,6 +164,14 @@ class SqlScheduleStore:
             )
             await self._release(conn, s)
 
+    async def forget_owners(self) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(schedules)
+                .where(schedules.c.owner_id.is_not(None))
+                .values(owner_id=None, lease_expires_ms=0)
+            )
+
     async def release(self, s: Schedule) -> None:
         async with self.db.write() as conn:
             await self._release(conn, s)

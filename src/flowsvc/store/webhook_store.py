@@ -250,6 +250,14 @@ class SqlWebhookStore:
                 d.secret = secrets.get(("hook", d.webhook_id), "")
         return claimed
 
+    async def forget_owners(self) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                update(deliveries)
+                .where(deliveries.c.owner_id.is_not(None))
+                .values(owner_id=None, lease_expires_ms=0)
+            )
+
     async def release_deliveries(self, ids: list[str]) -> None:
         if not ids:
             return

@@ -4,6 +4,8 @@ receiver, retried with the same webhook-id, ordered per session, never slowing r
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,3 +231,48 @@ def test_a_delivery_committed_before_sigkill_is_sent_after_restart(tmp_path: Pat
         second.signal(signal.SIGTERM)
         second.wait()
         receiver.close()
+
+
+def test_run_callback_is_signed_with_the_organisation_secret(
+    served: tuple[InProcessServer, str], acme: Acme, receiver: Receiver
+) -> None:
+    client, _ = acme
+    flow = client.flows.CreateLiveFlow(create_request())
+    request = fr.RunFlowRequest(
+        flow_id=flow.id,
+        body=struct(question="q"),
+        options=pb.RunOptions(webhook_url=receiver.url("/callback")),
+    )
+    with pytest.raises(grpc.RpcError) as err:  # no organisation secret yet
+        client.runs.RunFlow(request)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    def secret(*flags: str) -> str:
+        cli = [sys.executable, "-m", "flowsvc", "webhook-secret", "--org", "acme", *flags]
+        out = subprocess.run(
+            [*cli, "--database-url", served[1]], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    first = secret()
+    assert secret() == first and first.startswith("whsec_")
+    run = client.runs.RunFlow(request)
+    assert run.webhook_url == receiver.url("/callback")
+    wait_until(lambda: len(receiver.at("/callback")) == 1, 10)
+    got = receiver.at("/callback")[0]
+    assert got.json["type"] == "run.completed" and got.json["data"]["id"] == run.id
+    assert verify(first, got)
+    rotated = secret("--rotate")
+    assert rotated != first
+    client.runs.RunFlow(request)
+    wait_until(lambda: len(receiver.at("/callback")) == 2, 10)
+    assert verify(rotated, receiver.at("/callback")[1])
+    bad = fr.RunFlowRequest(
+        flow_id=flow.id,
+        body=struct(question="q"),
+        options=pb.RunOptions(webhook_url="http://not-allowed.example/x"),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.runs.RunFlow(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "options.webhook_url" in err.value.details()

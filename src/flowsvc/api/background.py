@@ -109,5 +109,7 @@ def add_services(
         schedule_store, flow_runs, settings.clock, poll_seconds=settings.schedule_poll_seconds
     )
     # With SQLite this process is the only server: whatever a previous one leased died with it.
-    forget = [hooks.forget_owners, schedule_store.forget_owners] if database.is_sqlite else []
+    forget: list[Callable[[], Awaitable[None]]] = (
+        [hooks.forget_owners, schedule_store.forget_owners] if database.is_sqlite else []
+    )
     return Background(workers=[worker, ticker], closers=[sender.close], on_start=forget)

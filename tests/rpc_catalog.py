@@ -19,10 +19,19 @@ from flowsvc.v1 import (
     eval_service_pb2,
     flow_run_service_pb2,
     live_flow_service_pb2,
+    schedule_service_pb2,
     session_service_pb2,
+    webhook_service_pb2,
 )
 
-MODULES = (live_flow_service_pb2, session_service_pb2, flow_run_service_pb2, eval_service_pb2)
+MODULES = (
+    live_flow_service_pb2,
+    session_service_pb2,
+    flow_run_service_pb2,
+    eval_service_pb2,
+    webhook_service_pb2,
+    schedule_service_pb2,
+)
 
 
 @dataclass(frozen=True)

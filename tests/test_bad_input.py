@@ -42,7 +42,9 @@ EXAMPLES = int(os.environ.get("FLOWSVC_FUZZ_EXAMPLES", "25"))
 ALSO = {grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Rows a refused request must not change. Sessions and runs are left out: evaluation jobs of
 # earlier accepted requests may still be adding theirs in the background.
-WATCHED_TABLES = ("live_flows", "flow_versions", "api_keys", "eval_jobs")
+WATCHED_TABLES = (
+    "live_flows", "flow_versions", "api_keys", "eval_jobs", "webhooks", "schedules"
+)
 KNOWN_IDS: list[str] = []
 
 nasty_text = st.one_of(

@@ -4,22 +4,41 @@ show it. The walk fails if an RPC is added without a case here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 
+from flowsvc.config import Settings
 from flowsvc.v1 import eval_service_pb2 as ev
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import live_flow_service_pb2 as lf
 from flowsvc.v1 import resources_pb2 as pb
+from flowsvc.v1 import schedule_service_pb2 as sc
+from flowsvc.v1 import schedule_service_pb2_grpc as sc_grpc
 from flowsvc.v1 import session_service_pb2 as ss
-from tests.conftest import Deployment
+from flowsvc.v1 import webhook_service_pb2 as wh
+from flowsvc.v1 import webhook_service_pb2_grpc as wh_grpc
+from tests.conftest import Deployment, database_for
 from tests.graphs import create_request, linear, step, struct, with_input
-from tests.harness import Client, bearer
+from tests.harness import Client, InProcessServer, bearer, mint_key
 from tests.rpc_catalog import all_rpcs, invoke
+
+HOOK_HOST = "127.0.0.1:9"  # allowed for webhooks here; nothing listens (deliveries just fail)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Deployment]:
+    with database_for(tmp_path_factory, backend) as url:
+        server = InProcessServer(
+            Settings(listen="127.0.0.1:0", database_url=url, http_allow_hosts=(HOOK_HOST,))
+        )
+        try:
+            yield Deployment(server, url, mint_key(url, "acme"), mint_key(url, "globex"))
+        finally:
+            server.stop()
 
 NF = grpc.StatusCode.NOT_FOUND
 BAD = grpc.StatusCode.INVALID_ARGUMENT
@@ -45,7 +64,19 @@ def owned(client: Client) -> dict[str, Any]:
             ),
         )
     )
+    hook = wh_grpc.WebhookServiceStub(client.channel).CreateWebhook(
+        wh.CreateWebhookRequest(
+            webhook=pb.Webhook(url=f"http://{HOOK_HOST}/x", event_types=["run.completed"])
+        )
+    )
+    schedule = sc_grpc.ScheduleServiceStub(client.channel).CreateSchedule(
+        sc.CreateScheduleRequest(
+            schedule=pb.Schedule(flow_id=plain.id, cron="0 0 1 1 *", body=struct(question="q"))
+        )
+    )
     return {
+        "hook": hook.id,
+        "schedule": schedule.id,
         "flow": flow,
         "session": waiting.session_id,
         "run": waiting.id,
@@ -126,6 +157,45 @@ def cases(o: dict[str, Any], theirs: pb.LiveFlow) -> dict[str, list[tuple[Any, g
         "CancelFlowRun": [(fr.CancelFlowRunRequest(id=o["run"]), NF)],
         "GetEvalJob": [(ev.GetEvalJobRequest(id=o["job"]), NF)],
         "ListEvalJobs": [(ev.ListEvalJobsRequest(run_id=o["run"]), grpc.StatusCode.OK)],
+        "CreateWebhook": [
+            (
+                wh.CreateWebhookRequest(
+                    webhook=pb.Webhook(
+                        url=f"http://{HOOK_HOST}/x", event_types=["run.started"], flow_id=flow.id
+                    )
+                ),
+                NF,
+            )
+        ],
+        "GetWebhook": [(wh.GetWebhookRequest(id=o["hook"]), NF)],
+        "ListWebhooks": [(wh.ListWebhooksRequest(), grpc.StatusCode.OK)],
+        "DeleteWebhook": [(wh.DeleteWebhookRequest(id=o["hook"]), NF)],
+        "ListWebhookDeliveries": [(wh.ListWebhookDeliveriesRequest(webhook_id=o["hook"]), NF)],
+        "CreateSchedule": [
+            (
+                sc.CreateScheduleRequest(
+                    schedule=pb.Schedule(
+                        flow_id=flow.id, interval_seconds=60, body=struct(topic="t")
+                    )
+                ),
+                NF,
+            )
+        ],
+        "GetSchedule": [(sc.GetScheduleRequest(id=o["schedule"]), NF)],
+        "ListSchedules": [(sc.ListSchedulesRequest(flow_id=flow.id), grpc.StatusCode.OK)],
+        "UpdateSchedule": [
+            (
+                sc.UpdateScheduleRequest(
+                    schedule=pb.Schedule(id=o["schedule"], interval_seconds=5),
+                    update_mask=field_mask_pb2.FieldMask(paths=["interval_seconds"]),
+                ),
+                NF,
+            )
+        ],
+        "DeleteSchedule": [(sc.DeleteScheduleRequest(id=o["schedule"]), NF)],
+        "PauseSchedule": [(sc.PauseScheduleRequest(id=o["schedule"]), NF)],
+        "ResumeSchedule": [(sc.ResumeScheduleRequest(id=o["schedule"]), NF)],
+        "TriggerSchedule": [(sc.TriggerScheduleRequest(id=o["schedule"]), NF)],
     }
 
 
@@ -150,10 +220,17 @@ def test_every_rpc_keeps_other_organisations_out(
         lambda: other_org.sessions.ListSessions(ss.ListSessionsRequest(page_size=100)).sessions,
         lambda: other_org.runs.ListFlowRuns(fr.ListFlowRunsRequest(page_size=100)).flow_runs,
         lambda: other_org.evals.ListEvalJobs(ev.ListEvalJobsRequest(page_size=100)).eval_jobs,
+        lambda: wh_grpc.WebhookServiceStub(other_org.channel)
+        .ListWebhooks(wh.ListWebhooksRequest(page_size=100))
+        .webhooks,
+        lambda: sc_grpc.ScheduleServiceStub(other_org.channel)
+        .ListSchedules(sc.ListSchedulesRequest(page_size=100))
+        .schedules,
     ]
     for items in listed:
         assert all(getattr(x, "organisation_id", "globex") in ("", "globex") for x in items())
         assert owned["flow"].id not in {getattr(x, "id", "") for x in items()}
+        assert not {owned["hook"], owned["schedule"]} & {getattr(x, "id", "") for x in items()}
     # And acme's resources are all still there, untouched.
     assert client.flows.GetLiveFlow(lf.GetLiveFlowRequest(id=owned["flow"].id)).name == "flow"
     assert (

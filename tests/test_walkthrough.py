@@ -226,3 +226,16 @@ def test_readme_replicas_walkthrough_answers_on_one_replica_what_another_started
     assert types[0] == "RUN_EVENT_TYPE_RUN_STARTED"
     assert "RUN_EVENT_TYPE_INPUT_REQUIRED" in types
     assert types[-1] == "RUN_EVENT_TYPE_RUN_COMPLETED"
+
+
+def test_readme_schedules_walkthrough_ticks_and_pauses(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    script = _walkthrough("flows") + _walkthrough("schedules")
+    result = _run_script(script, deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert '"paused": true' in out
+    counted = [int(line) for line in out.splitlines() if line.strip().isdigit()]
+    assert counted and counted[-1] >= 2
+    assert '"next_run_times"' in out

@@ -113,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id", help="the key's id (from 'keys list')")
     revoke.add_argument("--database-url", help="SQLAlchemy URL (env FLOWSVC_DATABASE_URL)")
 
+    secret_cmd = commands.add_parser(
+        "webhook-secret",
+        help="print the organisation's webhook secret (RunOptions.webhook_url callbacks are "
+        "signed with it), creating it if there is none",
+    )
+    secret_cmd.add_argument("--org", required=True)
+    secret_cmd.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    secret_cmd.add_argument("--database-url", help="SQLAlchemy URL (env FLOWSVC_DATABASE_URL)")
+
     args = parser.parse_args(argv)
     settings = Settings.from_env(
         listen=getattr(args, "listen", None),
@@ -131,7 +140,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"flowsvc: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "webhook-secret":
+        print(asyncio.run(_webhook_secret(settings, args.org, args.rotate)))
+        return 0
     return _keys_command(args, settings)
+
+
+async def _webhook_secret(settings: Settings, org: str, rotate: bool) -> str:
+    from flowsvc.domain.webhooks import new_secret
+    from flowsvc.store.webhook_store import SqlWebhookStore
+
+    url = normalize_database_url(settings.database_url)
+    print(f"flowsvc: webhook secret in {_shown(url)}", file=sys.stderr)
+    database = Database(url)
+    try:
+        await database.migrate()
+        store = SqlWebhookStore(database, "cli")
+        secret = await store.org_secret(org)
+        if secret is None or rotate:
+            secret = new_secret()
+            await store.set_org_secret(org, secret, now())
+        return secret
+    finally:
+        await database.close()
 
 
 if __name__ == "__main__":

@@ -71,6 +71,16 @@ class Settings:
     metrics_flow_ids: tuple[str, ...] = ()
     # How often subscribers' sessions are checked for events a lost notification missed.
     feed_poll_seconds: float = 1.0
+    # Webhooks: one POST may take this long; failed ones are retried after base, base*3, ...
+    # (at most 6 h apart) until `window` seconds after the event, then marked FAILED.
+    webhook_timeout: float = 10.0
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_window_seconds: float = 86_400.0
+    # How often each replica looks for due deliveries (its own commits wake it at once).
+    webhook_poll_seconds: float = 0.5
+    # Schedules: how often each replica looks for due ticks; "latest" or "none" is the
+    # catch-up of a schedule that names none.
+    schedule_poll_seconds: float = 0.5
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -107,6 +117,13 @@ class Settings:
             ),
             "claim_poll_seconds": float(env.get("FLOWSVC_CLAIM_POLL_SECONDS", "0.5")),
             "feed_poll_seconds": float(env.get("FLOWSVC_FEED_POLL_SECONDS", "1")),
+            "webhook_timeout": float(env.get("FLOWSVC_WEBHOOK_TIMEOUT", "10")),
+            "webhook_retry_base_seconds": float(env.get("FLOWSVC_WEBHOOK_RETRY_BASE_SECONDS", "5")),
+            "webhook_retry_window_seconds": float(
+                env.get("FLOWSVC_WEBHOOK_RETRY_WINDOW_SECONDS", "86400")
+            ),
+            "webhook_poll_seconds": float(env.get("FLOWSVC_WEBHOOK_POLL_SECONDS", "0.5")),
+            "schedule_poll_seconds": float(env.get("FLOWSVC_SCHEDULE_POLL_SECONDS", "0.5")),
         }
         limits = {
             f.name: int(env[f"FLOWSVC_{f.name.upper()}"])

@@ -26,7 +26,7 @@ from flowsvc.v1 import resources_pb2 as flowsvc_dot_v1_dot_resources__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flowsvc/v1/flow_run_service.proto\x12\nflowsvc.v1\x1a\x1a\x66lowsvc/v1/resources.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x85\x01\n\x0eRunFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.flowsvc.v1.RunOptions\"\x8b\x01\n\x14StreamRunFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.flowsvc.v1.RunOptions\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x1f\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"a\n\x13ListFlowRunsRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x14ListFlowRunsResponse\x12&\n\tflow_runs\x18\x01 \x03(\x0b\x32\x13.flowsvc.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x43\x61ncelFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xb5\x03\n\x0e\x46lowRunService\x12:\n\x07RunFlow\x12\x1a.flowsvc.v1.RunFlowRequest\x1a\x13.flowsvc.v1.FlowRun\x12I\n\rStreamRunFlow\x12 .flowsvc.v1.StreamRunFlowRequest\x1a\x14.flowsvc.v1.RunEvent0\x01\x12?\n\x08WatchRun\x12\x1b.flowsvc.v1.WatchRunRequest\x1a\x14.flowsvc.v1.RunEvent0\x01\x12@\n\nGetFlowRun\x12\x1d.flowsvc.v1.GetFlowRunRequest\x1a\x13.flowsvc.v1.FlowRun\x12Q\n\x0cListFlowRuns\x12\x1f.flowsvc.v1.ListFlowRunsRequest\x1a .flowsvc.v1.ListFlowRunsResponse\x12\x46\n\rCancelFlowRun\x12 .flowsvc.v1.CancelFlowRunRequest\x1a\x13.flowsvc.v1.FlowRunb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!flowsvc/v1/flow_run_service.proto\x12\nflowsvc.v1\x1a\x1a\x66lowsvc/v1/resources.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x85\x01\n\x0eRunFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.flowsvc.v1.RunOptions\"\x8b\x01\n\x14StreamRunFlowRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12%\n\x04\x62ody\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.flowsvc.v1.RunOptions\"4\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"\x1f\n\x11GetFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t\"v\n\x13ListFlowRunsRequest\x12\x0f\n\x07\x66low_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x13\n\x0bschedule_id\x18\x05 \x01(\t\"W\n\x14ListFlowRunsResponse\x12&\n\tflow_runs\x18\x01 \x03(\x0b\x32\x13.flowsvc.v1.FlowRun\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x14\x43\x61ncelFlowRunRequest\x12\n\n\x02id\x18\x01 \x01(\t2\xb5\x03\n\x0e\x46lowRunService\x12:\n\x07RunFlow\x12\x1a.flowsvc.v1.RunFlowRequest\x1a\x13.flowsvc.v1.FlowRun\x12I\n\rStreamRunFlow\x12 .flowsvc.v1.StreamRunFlowRequest\x1a\x14.flowsvc.v1.RunEvent0\x01\x12?\n\x08WatchRun\x12\x1b.flowsvc.v1.WatchRunRequest\x1a\x14.flowsvc.v1.RunEvent0\x01\x12@\n\nGetFlowRun\x12\x1d.flowsvc.v1.GetFlowRunRequest\x1a\x13.flowsvc.v1.FlowRun\x12Q\n\x0cListFlowRuns\x12\x1f.flowsvc.v1.ListFlowRunsRequest\x1a .flowsvc.v1.ListFlowRunsResponse\x12\x46\n\rCancelFlowRun\x12 .flowsvc.v1.CancelFlowRunRequest\x1a\x13.flowsvc.v1.FlowRunb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETFLOWRUNREQUEST']._serialized_start=439
   _globals['_GETFLOWRUNREQUEST']._serialized_end=470
   _globals['_LISTFLOWRUNSREQUEST']._serialized_start=472
-  _globals['_LISTFLOWRUNSREQUEST']._serialized_end=569
-  _globals['_LISTFLOWRUNSRESPONSE']._serialized_start=571
-  _globals['_LISTFLOWRUNSRESPONSE']._serialized_end=658
-  _globals['_CANCELFLOWRUNREQUEST']._serialized_start=660
-  _globals['_CANCELFLOWRUNREQUEST']._serialized_end=694
-  _globals['_FLOWRUNSERVICE']._serialized_start=697
-  _globals['_FLOWRUNSERVICE']._serialized_end=1134
+  _globals['_LISTFLOWRUNSREQUEST']._serialized_end=590
+  _globals['_LISTFLOWRUNSRESPONSE']._serialized_start=592
+  _globals['_LISTFLOWRUNSRESPONSE']._serialized_end=679
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_start=681
+  _globals['_CANCELFLOWRUNREQUEST']._serialized_end=715
+  _globals['_FLOWRUNSERVICE']._serialized_start=718
+  _globals['_FLOWRUNSERVICE']._serialized_end=1155
 # @@protoc_insertion_point(module_scope)

@@ -247,6 +247,79 @@ LIVE_FLOW_VIEW_FULL: LiveFlowView.ValueType  # 2
 """Also the flow's most recent sessions, newest first."""
 Global___LiveFlowView: _TypeAlias = LiveFlowView  # noqa: Y015
 
+class _WebhookDeliveryStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookDeliveryStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookDeliveryStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: _WebhookDeliveryStatus.ValueType  # 0
+    WEBHOOK_DELIVERY_STATUS_PENDING: _WebhookDeliveryStatus.ValueType  # 1
+    """Not yet delivered: waiting for its first attempt or for a retry."""
+    WEBHOOK_DELIVERY_STATUS_DELIVERED: _WebhookDeliveryStatus.ValueType  # 2
+    """The receiver answered 2xx."""
+    WEBHOOK_DELIVERY_STATUS_FAILED: _WebhookDeliveryStatus.ValueType  # 3
+    """Every retry failed; no more attempts."""
+
+class WebhookDeliveryStatus(_WebhookDeliveryStatus, metaclass=_WebhookDeliveryStatusEnumTypeWrapper): ...
+
+WEBHOOK_DELIVERY_STATUS_UNSPECIFIED: WebhookDeliveryStatus.ValueType  # 0
+WEBHOOK_DELIVERY_STATUS_PENDING: WebhookDeliveryStatus.ValueType  # 1
+"""Not yet delivered: waiting for its first attempt or for a retry."""
+WEBHOOK_DELIVERY_STATUS_DELIVERED: WebhookDeliveryStatus.ValueType  # 2
+"""The receiver answered 2xx."""
+WEBHOOK_DELIVERY_STATUS_FAILED: WebhookDeliveryStatus.ValueType  # 3
+"""Every retry failed; no more attempts."""
+Global___WebhookDeliveryStatus: _TypeAlias = WebhookDeliveryStatus  # noqa: Y015
+
+class _OverlapPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_POLICY_UNSPECIFIED: _OverlapPolicy.ValueType  # 0
+    """Treated as OVERLAP_POLICY_SKIP."""
+    OVERLAP_POLICY_SKIP: _OverlapPolicy.ValueType  # 1
+    """The tick is skipped."""
+    OVERLAP_POLICY_ENQUEUE: _OverlapPolicy.ValueType  # 2
+    """The tick waits and runs once the last run stops (ticks due meanwhile collapse into it)."""
+
+class OverlapPolicy(_OverlapPolicy, metaclass=_OverlapPolicyEnumTypeWrapper):
+    """What a schedule does when a tick falls due while its last run is still going."""
+
+OVERLAP_POLICY_UNSPECIFIED: OverlapPolicy.ValueType  # 0
+"""Treated as OVERLAP_POLICY_SKIP."""
+OVERLAP_POLICY_SKIP: OverlapPolicy.ValueType  # 1
+"""The tick is skipped."""
+OVERLAP_POLICY_ENQUEUE: OverlapPolicy.ValueType  # 2
+"""The tick waits and runs once the last run stops (ticks due meanwhile collapse into it)."""
+Global___OverlapPolicy: _TypeAlias = OverlapPolicy  # noqa: Y015
+
+class _CatchUp:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CatchUpEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CatchUp.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CATCH_UP_UNSPECIFIED: _CatchUp.ValueType  # 0
+    """Treated as CATCH_UP_LATEST."""
+    CATCH_UP_LATEST: _CatchUp.ValueType  # 1
+    """The latest missed tick runs once; earlier ones are skipped."""
+    CATCH_UP_NONE: _CatchUp.ValueType  # 2
+    """Missed ticks are skipped; the next tick runs on time."""
+
+class CatchUp(_CatchUp, metaclass=_CatchUpEnumTypeWrapper):
+    """Which ticks missed while no server ran (or the database was away) are run afterwards."""
+
+CATCH_UP_UNSPECIFIED: CatchUp.ValueType  # 0
+"""Treated as CATCH_UP_LATEST."""
+CATCH_UP_LATEST: CatchUp.ValueType  # 1
+"""The latest missed tick runs once; earlier ones are skipped."""
+CATCH_UP_NONE: CatchUp.ValueType  # 2
+"""Missed ticks are skipped; the next tick runs on time."""
+Global___CatchUp: _TypeAlias = CatchUp  # noqa: Y015
+
 @_typing.final
 class ChatMessageTemplate(_message.Message):
     """One message of a chat prompt template; content is a template."""
@@ -958,12 +1031,18 @@ class RunOptions(_message.Message):
     OVERRIDE_FIELD_NUMBER: _builtins.int
     EVAL_OPTIONS_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Continue this session and its memory; empty starts a new session."""
     version: _builtins.int
     """Pin a published version; 0 means the flow's current version."""
     no_wait: _builtins.bool
     """Refuse with ABORTED instead of waiting when the session is running another run."""
+    webhook_url: _builtins.str
+    """POSTed once when the run completes, fails or is cancelled (types run.completed,
+    run.failed, run.cancelled), signed with the organisation's webhook secret (see README).
+    Must be on the server's HTTP allow-list.
+    """
     @_builtins.property
     def override(self) -> _struct_pb2.Struct:
         """Per-step settings for this run only, keyed "step_name.property"."""
@@ -978,10 +1057,11 @@ class RunOptions(_message.Message):
         override: _struct_pb2.Struct | None = ...,
         eval_options: Global___EvalOptions | None = ...,
         no_wait: _builtins.bool = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "override", b"override"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "no_wait", b"no_wait", "override", b"override", "session_id", b"session_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "no_wait", b"no_wait", "override", b"override", "session_id", b"session_id", "version", b"version", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1013,6 +1093,9 @@ class FlowRun(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     EVAL_JOB_FIELD_NUMBER: _builtins.int
+    SCHEDULE_ID_FIELD_NUMBER: _builtins.int
+    SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     flow_id: _builtins.str
     session_id: _builtins.str
@@ -1027,6 +1110,10 @@ class FlowRun(_message.Message):
     input_tokens: _builtins.int
     output_tokens: _builtins.int
     cost: _builtins.float
+    schedule_id: _builtins.str
+    """The schedule that started the run, if any."""
+    webhook_url: _builtins.str
+    """RunOptions.webhook_url of the request that started the run."""
     @_builtins.property
     def body(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -1046,6 +1133,10 @@ class FlowRun(_message.Message):
     @_builtins.property
     def eval_job(self) -> Global___EvalJob:
         """The finished evaluation job, on answers in EVAL_RUN_MODE_BLOCK."""
+
+    @_builtins.property
+    def scheduled_time(self) -> _timestamp_pb2.Timestamp:
+        """The tick of that schedule the run is for (unset for TriggerSchedule)."""
 
     def __init__(
         self,
@@ -1072,10 +1163,13 @@ class FlowRun(_message.Message):
         output_tokens: _builtins.int = ...,
         cost: _builtins.float = ...,
         eval_job: Global___EvalJob | None = ...,
+        schedule_id: _builtins.str = ...,
+        scheduled_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook_url: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "created_at", b"created_at", "end_time", b"end_time", "eval_job", b"eval_job", "eval_options", b"eval_options", "override", b"override", "start_time", b"start_time", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "created_at", b"created_at", "end_time", b"end_time", "eval_job", b"eval_job", "eval_options", b"eval_options", "override", b"override", "scheduled_time", b"scheduled_time", "start_time", b"start_time", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "cost", b"cost", "created_at", b"created_at", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "eval_job", b"eval_job", "eval_job_id", b"eval_job_id", "eval_options", b"eval_options", "flow_id", b"flow_id", "id", b"id", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "override", b"override", "parent_run_id", b"parent_run_id", "response", b"response", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "user_message", b"user_message", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_message", b"ai_message", "body", b"body", "cost", b"cost", "created_at", b"created_at", "duration_ms", b"duration_ms", "end_time", b"end_time", "error", b"error", "eval_job", b"eval_job", "eval_job_id", b"eval_job_id", "eval_options", b"eval_options", "flow_id", b"flow_id", "id", b"id", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "override", b"override", "parent_run_id", b"parent_run_id", "response", b"response", "schedule_id", b"schedule_id", "scheduled_time", b"scheduled_time", "session_id", b"session_id", "start_time", b"start_time", "status", b"status", "user_message", b"user_message", "version", b"version", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1226,3 +1320,188 @@ class RunEvent(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """A receiver of events. Deliveries follow the Standard Webhooks specification: POST with a
+    JSON body {"type", "timestamp", "data"} and the headers webhook-id, webhook-timestamp and
+    webhook-signature ("v1,<base64 HMAC-SHA256 of id.timestamp.body>").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    url: _builtins.str
+    """http or https, on the server's HTTP allow-list (FLOWSVC_HTTP_ALLOW_HOSTS)."""
+    flow_id: _builtins.str
+    """Only events of this flow's runs, sessions and evaluation jobs; empty: every flow."""
+    secret: _builtins.str
+    """"whsec_" and base64 of 32 random bytes; only in CreateWebhook's answer."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One or more of "run.started", "run.completed", "run.failed", "run.cancelled",
+        "session.waiting_for_input", "eval_job.completed".
+        """
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        url: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        flow_id: _builtins.str = ...,
+        secret: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "event_types", b"event_types", "flow_id", b"flow_id", "id", b"id", "secret", b"secret", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One event for one webhook, and how sending it went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The webhook-id header: the same on every attempt."""
+    webhook_id: _builtins.str
+    event_type: _builtins.str
+    """e.g. "run.completed"."""
+    session_id: _builtins.str
+    run_id: _builtins.str
+    status: Global___WebhookDeliveryStatus.ValueType
+    attempts: _builtins.int
+    last_status_code: _builtins.int
+    """HTTP status of the last attempt; 0 when it got no answer."""
+    last_error: _builtins.str
+    """Why the last attempt failed, if it did."""
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        webhook_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        status: Global___WebhookDeliveryStatus.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        delivered_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delivered_at", b"delivered_at", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "delivered_at", b"delivered_at", "event_type", b"event_type", "id", b"id", "last_error", b"last_error", "last_status_code", b"last_status_code", "next_attempt_time", b"next_attempt_time", "run_id", b"run_id", "session_id", b"session_id", "status", b"status", "webhook_id", b"webhook_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
+
+@_typing.final
+class Schedule(_message.Message):
+    """Runs a flow on a cron expression or every interval_seconds, one run per tick."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    FLOW_ID_FIELD_NUMBER: _builtins.int
+    CRON_FIELD_NUMBER: _builtins.int
+    INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    OVERLAP_POLICY_FIELD_NUMBER: _builtins.int
+    CATCH_UP_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIMES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    flow_id: _builtins.str
+    cron: _builtins.str
+    """Five fields: minute hour day-of-month month day-of-week (0 or 7 is Sunday), each `*`,
+    a number, a range `a-b`, a list `a,b`, with an optional step `/n`; month and weekday
+    names (JAN, MON) are accepted. Read in time_zone.
+    """
+    interval_seconds: _builtins.int
+    """At least 1."""
+    time_zone: _builtins.str
+    """An IANA zone such as "Europe/Paris"; empty means UTC. Only with cron."""
+    overlap_policy: Global___OverlapPolicy.ValueType
+    catch_up: Global___CatchUp.ValueType
+    paused: _builtins.bool
+    @_builtins.property
+    def body(self) -> _struct_pb2.Struct:
+        """The body of every run."""
+
+    @_builtins.property
+    def options(self) -> Global___RunOptions:
+        """The options of every run (session_id, version, override, eval_options, webhook_url)."""
+
+    @_builtins.property
+    def next_run_times(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
+        """The next ticks (up to 5); empty while paused."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        flow_id: _builtins.str = ...,
+        cron: _builtins.str = ...,
+        interval_seconds: _builtins.int = ...,
+        time_zone: _builtins.str = ...,
+        body: _struct_pb2.Struct | None = ...,
+        options: Global___RunOptions | None = ...,
+        overlap_policy: Global___OverlapPolicy.ValueType = ...,
+        catch_up: Global___CatchUp.ValueType = ...,
+        paused: _builtins.bool = ...,
+        next_run_times: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "created_at", b"created_at", "cron", b"cron", "interval_seconds", b"interval_seconds", "options", b"options", "spec", b"spec", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "catch_up", b"catch_up", "created_at", b"created_at", "cron", b"cron", "flow_id", b"flow_id", "id", b"id", "interval_seconds", b"interval_seconds", "next_run_times", b"next_run_times", "options", b"options", "overlap_policy", b"overlap_policy", "paused", b"paused", "spec", b"spec", "time_zone", b"time_zone", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_spec: _TypeAlias = _typing.Literal["cron", "interval_seconds"]  # noqa: Y015
+    _WhichOneofArgType_spec: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_spec) -> _WhichOneofReturnType_spec | None: ...
+
+Global___Schedule: _TypeAlias = Schedule  # noqa: Y015

@@ -263,6 +263,7 @@ def run_options_from_pb(o: pb.RunOptions) -> RunOptions:
         override=struct_to_dict(o.override),
         eval_options=json_format.MessageToDict(o.eval_options, preserving_proto_field_name=True),
         no_wait=o.no_wait,
+        webhook_url=o.webhook_url,
     )
 
 
@@ -375,6 +376,9 @@ def run_to_pb(r: runs.FlowRun) -> pb.FlowRun:
         input_tokens=r.input_tokens,
         output_tokens=r.output_tokens,
         cost=r.cost,
+        schedule_id=r.schedule_id,
+        scheduled_time=timestamp(r.scheduled_time),
+        webhook_url=r.webhook_url,
     )
     if r.eval_options:
         json_format.ParseDict(r.eval_options, out.eval_options)

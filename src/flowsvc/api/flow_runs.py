@@ -58,6 +58,7 @@ class FlowRunServicer(svc_grpc.FlowRunServiceServicer):
             request.session_id,
             request.page_size,
             request.page_token,
+            request.schedule_id,
         )
         return svc.ListFlowRunsResponse(
             flow_runs=[run_to_pb(r) for r in page.items], next_page_token=page.next_page_token

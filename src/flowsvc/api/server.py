@@ -18,6 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
+from flowsvc.api.background import SERVICES as BACKGROUND_SERVICES
+from flowsvc.api.background import Background, add_services
 from flowsvc.api.evals import EvalServicer
 from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
@@ -69,7 +71,7 @@ SERVICE_NAMES = tuple(
         (flow_run_service_pb2, "FlowRunService"),
         (eval_service_pb2, "EvalService"),
     )
-)
+) + BACKGROUND_SERVICES
 
 SERVER_OPTIONS = [
     # Long idle streams stay alive behind proxies: ping every 30 s, give up after 10 s.
@@ -99,6 +101,7 @@ class FlowServer:
     sessions: Sessions
     evaluations: Evaluations
     closers: list[Callable[[], Awaitable[None]]]
+    background: Background
     metrics: Metrics | None = None
     metrics_listen: str = ""
     tracer_provider: Any = None
@@ -126,6 +129,7 @@ class FlowServer:
             log.info("metrics", extra={"listen": f"{self.metrics_listen.rpartition(':')[0]}:"
                                                  f"{self.metrics_port}"})
         self.coordinator.start()
+        await self.background.start()
         await self.grpc_server.start()
         self._sweeper = asyncio.create_task(self._sweep_expired(), name="flowsvc-expiry")
         await self.set_health(True)
@@ -161,6 +165,7 @@ class FlowServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.coordinator.stop()
+        await self.background.stop()
         await self.evaluations.stop()
         await self.engine.stop()
         self.engine.sessions.stop_renewal()
@@ -341,6 +346,9 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         FlowRunServicer(flow_runs, settings.stream_write_timeout), server
     )
     eval_service_pb2_grpc.add_EvalServiceServicer_to_server(EvalServicer(evaluations), server)
+    workers = add_services(
+        server, settings, database, replica_id, store, writer, run_store, flow_runs, sessions
+    )
 
     health_servicer = health.aio.HealthServicer()
     for name in ("", *SERVICE_NAMES):
@@ -381,6 +389,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         sessions,
         evaluations,
         closers,
+        workers,
         metrics,
         settings.metrics_listen,
         tracer_provider,

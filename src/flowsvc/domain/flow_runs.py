@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -60,6 +60,11 @@ class RunOptions:
     override: dict[str, Any] = field(default_factory=dict)
     eval_options: dict[str, Any] = field(default_factory=dict)
     no_wait: bool = False
+    # A one-off callback on the run's end (checked against the allow-list by the API).
+    webhook_url: str = ""
+    # Set by schedules only: the schedule and tick the run is for.
+    schedule_id: str = ""
+    scheduled_time: datetime | None = None
 
 
 @dataclass
@@ -169,6 +174,8 @@ class FlowRuns:
         self._limits = limits
         self._clock = clock
         self.claims = RequestClaims()
+        # Checks RunOptions.webhook_url (allow-list, organisation secret); set when wired.
+        self.check_run_callback: Callable[[str, str, str], Awaitable[None]] | None = None
 
     # -- evaluations ---------------------------------------------------------------------
 
@@ -258,6 +265,9 @@ class FlowRuns:
             eval_options=dict(options.eval_options),
             request_id=request_id,
             trace_context=self._engine.telemetry.trace_context(),
+            schedule_id=options.schedule_id,
+            scheduled_time=options.scheduled_time,
+            webhook_url=options.webhook_url,
         )
 
     def new_session(
@@ -370,6 +380,8 @@ class FlowRuns:
         )
         if problems:
             raise InvalidArgument(problems)
+        if options.webhook_url and self.check_run_callback is not None:
+            await self.check_run_callback(org, options.webhook_url, "options.webhook_url")
         await self.check_capacity(org)
         if self._evals is not None and not parent_run_id:
             await self._evals.check(org, options.eval_options)
@@ -519,11 +531,18 @@ class FlowRuns:
         return run
 
     async def list_runs(
-        self, org: str, flow_id: str, session_id: str, page_size: int, page_token: str
+        self,
+        org: str,
+        flow_id: str,
+        session_id: str,
+        page_size: int,
+        page_token: str,
+        schedule_id: str = "",
     ) -> Listed[FlowRun]:
-        page = parse_page(page_size, page_token, self._limits, "runs", org, flow_id, session_id)
-        found = await self._runs.list_runs(org, flow_id, session_id, page)
-        return listed(found, page, "runs", org, flow_id, session_id)
+        keys = ("runs", org, flow_id, session_id, schedule_id)
+        page = parse_page(page_size, page_token, self._limits, *keys)
+        found = await self._runs.list_runs(org, flow_id, session_id, page, schedule_id)
+        return listed(found, page, *keys)
 
     async def cancel_run(self, org: str, run_id: str) -> FlowRun:
         run = await self.get_run(org, run_id)

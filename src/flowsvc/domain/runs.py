@@ -195,6 +195,10 @@ class FlowRun:
     steps: list[SessionStep] = field(default_factory=list)
     # The finished evaluation job, when an answer waits for it (not stored with the run).
     eval_job: Any = None
+    # The schedule and tick that started the run; a one-off callback URL for its end.
+    schedule_id: str = ""
+    scheduled_time: datetime | None = None
+    webhook_url: str = ""
 
     def snapshot(self) -> FlowRun:
         copy = FlowRun(**{f: getattr(self, f) for f in self.__slots__})

@@ -199,6 +199,9 @@ class JournalWriter:
         self.on_requeue: Any = None
         # Called with (journals, seconds) after each group commit: metrics.
         self.on_batch: Any = None
+        # Called inside each commit's transaction with the event rows it inserts (the webhook
+        # outbox writes its deliveries there, so they are durable exactly when their events).
+        self.in_commit: list[Any] = []
 
     def start(self) -> None:
         if self._writer is None:
@@ -265,6 +268,8 @@ class JournalWriter:
                 self._allocate_seqs(conn, [row for _, row in new_events])
                 statement = self._insert_sql["events"]
                 conn.exec_driver_sql(statement.sql, statement.params([r for _, r in new_events]))
+                for hook in self.in_commit:
+                    hook(conn, [r for _, r in new_events])
             for name in ("sessions", "runs", "steps"):
                 if updates[name]:
                     statement = self._update_sql[name]

@@ -191,6 +191,9 @@ def run_row(run: FlowRun) -> dict[str, Any]:
         "cost": run.cost,
         "created_at": run.created_at,
         "updated_at": run.updated_at,
+        "schedule_id": run.schedule_id,
+        "scheduled_time": run.scheduled_time,
+        "webhook_url": run.webhook_url,
     }
 
 
@@ -224,6 +227,9 @@ def run_from(r: Any) -> FlowRun:
         input_tokens=r.input_tokens,
         output_tokens=r.output_tokens,
         cost=r.cost,
+        schedule_id=getattr(r, "schedule_id", "") or "",
+        scheduled_time=getattr(r, "scheduled_time", None),
+        webhook_url=getattr(r, "webhook_url", "") or "",
     )
 
 
@@ -250,7 +256,7 @@ def _step_from_payload(d: dict[str, Any], lookup: StepLookup) -> SessionStep:
 
 def _run_payload(run: FlowRun) -> dict[str, Any]:
     row = run_row(run)
-    for key in ("start_time", "end_time", "created_at", "updated_at"):
+    for key in ("start_time", "end_time", "created_at", "updated_at", "scheduled_time"):
         row[key] = _iso(row[key])
     row["steps"] = [_step_payload(s) for s in run.steps]
     return row
@@ -258,8 +264,8 @@ def _run_payload(run: FlowRun) -> dict[str, Any]:
 
 def _run_from_payload(d: dict[str, Any], lookup: StepLookup) -> FlowRun:
     data = dict(d)
-    for key in ("start_time", "end_time", "created_at", "updated_at"):
-        data[key] = _when(d[key])
+    for key in ("start_time", "end_time", "created_at", "updated_at", "scheduled_time"):
+        data[key] = _when(d.get(key))
     run = run_from(_Attrs(data))
     run.steps = [_step_from_payload(s, lookup) for s in d["steps"]]
     return run

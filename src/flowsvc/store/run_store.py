@@ -170,8 +170,12 @@ class SqlRunStore:
             ).first()
         return None if row is None else await self.get_run(org, row.id)
 
-    async def list_runs(self, org: str, flow_id: str, session_id: str, page: Page) -> list[FlowRun]:
+    async def list_runs(
+        self, org: str, flow_id: str, session_id: str, page: Page, schedule_id: str = ""
+    ) -> list[FlowRun]:
         query = select(runs).where(runs.c.organisation_id == org)
+        if schedule_id:
+            query = query.where(runs.c.schedule_id == schedule_id)
         if flow_id:
             query = query.where(runs.c.flow_id == flow_id)
         if session_id:

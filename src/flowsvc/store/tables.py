@@ -157,6 +157,7 @@ class FlowRunRow(SQLModel, table=True):
         Index("ix_flow_runs_org_status", "organisation_id", "status"),
         Index("ix_flow_runs_session_status", "session_id", "status"),
         UniqueConstraint("organisation_id", "request_id", name="uq_flow_runs_request"),
+        Index("ix_flow_runs_schedule_created", "schedule_id", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -189,6 +190,10 @@ class FlowRunRow(SQLModel, table=True):
     # A digest of the request that made the run: a reused request_id must repeat it.
     request_digest: str = Field(default="", max_length=64)
     trace_context: str = Field(default="", max_length=64)
+    # The schedule and tick that started the run; a one-off callback URL for its end.
+    schedule_id: str = Field(default="", max_length=36)
+    scheduled_time: datetime | None = _when(nullable=True)
+    webhook_url: str = Field(default="")
 
 
 class SessionStepRow(SQLModel, table=True):
@@ -249,6 +254,90 @@ class EvalJobRow(SQLModel, table=True):
     created_at: datetime = _when()
     finished_at: datetime | None = _when(nullable=True)
     # The replica running the job and until when (database clock, Unix milliseconds).
+    owner_id: str | None = Field(default=None, max_length=36)
+    lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
+
+
+class WebhookRow(SQLModel, table=True):
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_org_created", "organisation_id", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    organisation_id: str = Field(max_length=128)
+    url: str
+    event_types: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    # One bit per event type: the journal writer's INSERT ... SELECT matches on it.
+    event_mask: int
+    flow_id: str = Field(default="", max_length=36)
+    secret: str = Field(max_length=64)
+    created_at: datetime = _when()
+
+
+class WebhookDeliveryRow(SQLModel, table=True):
+    """The outbox: written in the transaction of the event it reports."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_ms"),
+        Index("ix_webhook_deliveries_order", "webhook_id", "session_id", "seq"),
+        Index("ix_webhook_deliveries_list", "organisation_id", "webhook_id", "created_at", "id"),
+    )
+
+    # webhook id (or "run" for RunOptions.webhook_url), session id and event seq.
+    id: str = Field(primary_key=True, max_length=96)
+    organisation_id: str = Field(max_length=128)
+    webhook_id: str = Field(max_length=36)
+    url: str
+    event_type: str = Field(max_length=32)
+    session_id: str = Field(max_length=36)
+    seq: int
+    run_id: str = Field(max_length=36)
+    status: str = Field(max_length=12)
+    attempts: int
+    next_attempt_ms: int = Field(sa_column=Column(BigInteger(), nullable=False))
+    last_status_code: int
+    last_error: str
+    created_at: datetime = _when()
+    delivered_at: datetime | None = _when(nullable=True)
+    owner_id: str | None = Field(default=None, max_length=36)
+    lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
+
+
+class OrgWebhookSecretRow(SQLModel, table=True):
+    """The secret RunOptions.webhook_url callbacks of an organisation are signed with."""
+
+    __tablename__ = "webhook_org_secrets"
+
+    organisation_id: str = Field(primary_key=True, max_length=128)
+    secret: str = Field(max_length=64)
+    created_at: datetime = _when()
+
+
+class ScheduleRow(SQLModel, table=True):
+    __tablename__ = "schedules"
+    __table_args__ = (
+        Index("ix_schedules_org_created", "organisation_id", "created_at", "id"),
+        Index("ix_schedules_due", "paused", "next_tick_at"),
+        UniqueConstraint("organisation_id", "request_id", name="uq_schedules_request"),
+    )
+
+    id: str = Field(primary_key=True, max_length=36)
+    organisation_id: str = Field(max_length=128)
+    flow_id: str = Field(max_length=36)
+    cron: str = Field(default="", max_length=256)
+    time_zone: str = Field(default="", max_length=64)
+    interval_seconds: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
+    body: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    options: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    overlap_policy: str = Field(max_length=16)
+    catch_up: str = Field(max_length=16)
+    paused: bool = Field(default=False)
+    # The next tick to run (UTC); the tick worker moves it on once that tick's run exists.
+    next_tick_at: datetime | None = _when(nullable=True)
+    request_id: str | None = Field(default=None, max_length=128)
+    request_digest: str = Field(default="", max_length=64)
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
     owner_id: str | None = Field(default=None, max_length=36)
     lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -135,7 +135,7 @@ class Client(Rpcs):
 
     async def _follow(
         self, request: Message, after_seq: int, timeout: float | None
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """Follow an event stream, reconnecting from the last seq seen until it ends.
 
         Seqs are per session, gapless and increasing, so `seq <= last` is an event already
@@ -148,6 +148,7 @@ class Client(Rpcs):
         last = after_seq
         run_id = ""
         failures = 0
+        received = False
         while True:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
@@ -155,7 +156,7 @@ class Client(Rpcs):
             call = self._open(request, run_id, last, remaining)
             try:
                 async for event in call:
-                    failures = 0
+                    failures, received = 0, True
                     run_id = run_id or event.run_id
                     if event.seq:
                         if event.seq <= last:
@@ -170,7 +171,8 @@ class Client(Rpcs):
                 # failed: end the call on the server too.
                 call.cancel()
             failures += 1
-            if not resumable(error) or failures >= self.retry.max_attempts:
+            budget = self.retry.max_stream_attempts if received else self.retry.max_attempts
+            if not resumable(error) or failures >= budget:
                 raise error
             delay = self.retry.backoff(failures)
             if deadline is not None:

@@ -15,14 +15,16 @@ class RetryPolicy:
     """Exponential backoff with full jitter (each wait is uniform in [0, cap]), so that many
     clients cut off by one server restart do not come back in lockstep.
 
-    `max_attempts` bounds unary calls. Streams count attempts since the last event received:
-    a stream that keeps making progress keeps resuming; one that cannot reconnect gives up
-    after `max_attempts` tries in a row."""
+    `max_attempts` bounds unary calls, and streams that never received an event (a server
+    that is not there should be reported soon). A stream that did receive events resumes up to
+    `max_stream_attempts` times in a row without progress: enough to ride out a server restart
+    (about 30 s with the defaults); every event received starts the count again."""
 
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
-    max_attempts: int = 8
+    max_attempts: int = 6
+    max_stream_attempts: int = 12
 
     def backoff(self, attempt: int) -> float:
         """The wait before retry number `attempt` (1 for the first retry)."""

@@ -10,7 +10,7 @@ request_id (filled in here when the caller gives none, so a retry is recognised 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2, field_mask_pb2, struct_pb2
@@ -52,7 +52,7 @@ class Rpcs:
 
     def _follow(
         self, request: Message, after_seq: int, timeout: float | None
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         raise NotImplementedError
 
     # -- LiveFlowService ------------------------------------------------------------------
@@ -236,7 +236,7 @@ class Rpcs:
 
     def watch_session(
         self, session_id: str, after_seq: int = 0, *, timeout: float | None = None
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """Every event of the session after `after_seq`, then live ones, resuming by itself."""
         return self._follow(ss.WatchSessionRequest(session_id=session_id), after_seq, timeout)
 
@@ -268,7 +268,7 @@ class Rpcs:
         request_id: str | None = None,
         options: pb.RunOptions | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """The run's events as it goes. After a dropped connection it resumes: as WatchRun from
         the last seq once an event named the run, else by sending the same request (same
         request_id) again."""
@@ -282,7 +282,7 @@ class Rpcs:
 
     def watch_run(
         self, run_id: str, after_seq: int = 0, *, timeout: float | None = None
-    ) -> AsyncIterator[pb.RunEvent]:
+    ) -> AsyncGenerator[pb.RunEvent, None]:
         """The run's events after `after_seq` until it stops, resuming by itself."""
         return self._follow(frs.WatchRunRequest(run_id=run_id), after_seq, timeout)
 

@@ -35,12 +35,23 @@ class _File:
         out.CopyFrom(self._proto)
 
 
+def _drop_json_names(messages: Any) -> None:
+    """protoc writes every field's default json_name into a descriptor set; grpcurl takes one
+    that is present for a chosen name and would print `flowId` where it has always printed
+    `flow_id`, as it does for descriptors that leave the name to the default."""
+    for message in messages:
+        for f in message.field:
+            f.ClearField("json_name")
+        _drop_json_names(message.nested_type)
+
+
 class DocumentedPool:
     def __init__(self, path: Path = DESCRIPTOR_SET) -> None:
         fds = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
         self._pool = descriptor_pool.DescriptorPool()
         self._files: dict[str, Any] = {}
         for proto in fds.file:  # protoc writes them dependencies first
+            _drop_json_names(proto.message_type)
             self._pool.Add(proto)
             self._files[proto.name] = _File(proto, self._files)
         self._default = descriptor_pool.Default()

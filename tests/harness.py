@@ -75,14 +75,21 @@ class InProcessServer:
 class ChildServer:
     """`python -m flowsvc serve` as a separate process, as an operator runs it."""
 
-    def __init__(self, database_url: str, log_path: Path, extra_env: dict[str, str] | None = None):
-        """An empty database_url leaves the choice to the server's defaults."""
+    def __init__(
+        self,
+        database_url: str,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        listen: str = "127.0.0.1:0",
+    ):
+        """An empty database_url leaves the choice to the server's defaults. A fixed `listen`
+        lets a restarted server come back where its clients look for it."""
         env = {**os.environ, **(extra_env or {})}
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in wait()
         database = ["--database-url", database_url] if database_url else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flowsvc", "serve", "--listen", "127.0.0.1:0", *database],
+            [sys.executable, "-m", "flowsvc", "serve", "--listen", listen, *database],
             stdout=self._log,
             stderr=self._log,
             env=env,

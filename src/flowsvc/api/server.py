@@ -25,6 +25,7 @@ from flowsvc.api.flow_runs import FlowRunServicer
 from flowsvc.api.guard import CallGuard
 from flowsvc.api.live_flows import LiveFlowServicer
 from flowsvc.api.observe import CallObserver
+from flowsvc.api.reflection import DocumentedPool
 from flowsvc.api.sessions import SessionServicer
 from flowsvc.config import Settings, normalize_database_url
 from flowsvc.domain.engine import Engine
@@ -355,7 +356,9 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+        pool=DocumentedPool(),  # serves the .proto comments, so `grpcurl describe` shows them
     )
 
     try:

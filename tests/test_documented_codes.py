@@ -22,7 +22,11 @@ from flowsvc.v1 import eval_service_pb2 as ev
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import live_flow_service_pb2 as lf
 from flowsvc.v1 import resources_pb2 as pb
+from flowsvc.v1 import schedule_service_pb2 as sc
+from flowsvc.v1 import schedule_service_pb2_grpc as sc_grpc
 from flowsvc.v1 import session_service_pb2 as ss
+from flowsvc.v1 import webhook_service_pb2 as wh
+from flowsvc.v1 import webhook_service_pb2_grpc as wh_grpc
 from tests.errors import rpc_error
 from tests.fake_openai import FakeOpenAI
 from tests.graphs import create_request, linear, step, struct, with_input
@@ -32,6 +36,9 @@ from tests.rpc_catalog import Rpc, all_rpcs, documented, failure
 Code = grpc.StatusCode
 NOBODY = "00000000-0000-4000-8000-000000000000"  # well-formed, names nothing
 MAX_REQUEST_BYTES = 64 * 1024
+ALLOWED_HOST = "127.0.0.1"  # on the server's HTTP allow-list; nothing here sends to it
+HOOK_URL = f"http://{ALLOWED_HOST}:9/hook"
+DAY = 86_400  # a schedule's interval: no tick while a case runs
 LIMITS = Limits(
     max_subscribers_per_session=1, max_messages_per_session=2, max_active_runs_per_org=2
 )
@@ -58,6 +65,23 @@ class Env:
     c: Client
     fake: FakeOpenAI
     clock: Clock
+
+    @property
+    def hooks(self) -> wh_grpc.WebhookServiceStub:
+        return wh_grpc.WebhookServiceStub(self.c.channel)
+
+    @property
+    def schedules(self) -> sc_grpc.ScheduleServiceStub:
+        return sc_grpc.ScheduleServiceStub(self.c.channel)
+
+    def schedule(self, flow: pb.LiveFlow | None = None, **fields: Any) -> pb.Schedule:
+        """A schedule of `flow` (a new one by default) ticking once a day."""
+        fields = {"interval_seconds": DAY, "body": struct(question="q"), **fields}
+        return self.schedules.CreateSchedule(
+            sc.CreateScheduleRequest(
+                schedule=pb.Schedule(flow_id=(flow or self.flow()).id, **fields)
+            )
+        )
 
     def flow(self, graph: Any = None, **fields: Any) -> pb.LiveFlow:
         return self.c.flows.CreateLiveFlow(create_request(graph=graph, **fields))
@@ -136,6 +160,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             database_url=url,
             limits=LIMITS,
             max_request_bytes=MAX_REQUEST_BYTES,
+            http_allow_hosts=(ALLOWED_HOST,),
             openai_base_url=f"{fake.url}/v1",
             clock=clock,
         )
@@ -260,6 +285,40 @@ def _watch_session_over_subscribers(e: Env) -> Callable[[], Any]:
             )
 
     return call
+
+
+def _hook(e: Env, **fields: Any) -> Callable[[], Any]:
+    return lambda: e.hooks.CreateWebhook(wh.CreateWebhookRequest(webhook=pb.Webhook(**fields)))
+
+
+def _trigger_waiting_session(e: Env) -> Callable[[], Any]:
+    """A schedule whose runs go to a session waiting for input: no run may start in it."""
+    waiting = e.waiting()
+    s = e.schedule(
+        pb.LiveFlow(id=waiting.flow_id),
+        body=struct(topic="t"),
+        options=pb.RunOptions(session_id=waiting.session_id),
+    )
+    return lambda: e.schedules.TriggerSchedule(sc.TriggerScheduleRequest(id=s.id))
+
+
+def _trigger_at_capacity(e: Env) -> Callable[[], Any]:
+    s = e.schedule()
+
+    def call() -> Any:
+        with e.busy(LIMITS.max_active_runs_per_org):
+            return e.schedules.TriggerSchedule(sc.TriggerScheduleRequest(id=s.id))
+
+    return call
+
+
+def _by_id(method: str, request: Any) -> dict[tuple[str, Code], Case]:
+    """INVALID_ARGUMENT for an empty id, NOT_FOUND for one that names nothing."""
+
+    def case(id_: str) -> Case:
+        return lambda e: lambda: getattr(e.schedules, method)(request(id=id_))
+
+    return {(method, Code.INVALID_ARGUMENT): case(""), (method, Code.NOT_FOUND): case(NOBODY)}
 
 
 def _run_cases(rpc: str, stream: bool) -> dict[tuple[str, Code], Case]:
@@ -446,6 +505,101 @@ CASES: dict[tuple[str, Code], Case] = {
     ("ListEvalJobs", Code.INVALID_ARGUMENT): lambda e: (
         lambda: e.c.evals.ListEvalJobs(ev.ListEvalJobsRequest(page_size=-1))
     ),
+    # WebhookService
+    ("CreateWebhook", Code.INVALID_ARGUMENT): lambda e: _hook(
+        e, url="http://not-allowed.example/hook", event_types=["run.completed"]
+    ),
+    ("CreateWebhook", Code.NOT_FOUND): lambda e: _hook(
+        e, url=HOOK_URL, event_types=["run.completed"], flow_id=NOBODY
+    ),
+    ("GetWebhook", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.hooks.GetWebhook(wh.GetWebhookRequest(id=""))
+    ),
+    ("GetWebhook", Code.NOT_FOUND): lambda e: (
+        lambda: e.hooks.GetWebhook(wh.GetWebhookRequest(id=NOBODY))
+    ),
+    ("ListWebhooks", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.hooks.ListWebhooks(wh.ListWebhooksRequest(page_token="bogus"))
+    ),
+    ("DeleteWebhook", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.hooks.DeleteWebhook(wh.DeleteWebhookRequest(id=""))
+    ),
+    ("DeleteWebhook", Code.NOT_FOUND): lambda e: (
+        lambda: e.hooks.DeleteWebhook(wh.DeleteWebhookRequest(id=NOBODY))
+    ),
+    ("ListWebhookDeliveries", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.hooks.ListWebhookDeliveries(wh.ListWebhookDeliveriesRequest(webhook_id=""))
+    ),
+    ("ListWebhookDeliveries", Code.NOT_FOUND): lambda e: (
+        lambda: e.hooks.ListWebhookDeliveries(wh.ListWebhookDeliveriesRequest(webhook_id=NOBODY))
+    ),
+    # ScheduleService
+    ("CreateSchedule", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.schedule(interval_seconds=0)  # neither it nor cron
+    ),
+    ("CreateSchedule", Code.NOT_FOUND): lambda e: lambda: e.schedule(pb.LiveFlow(id=NOBODY)),
+    ("CreateSchedule", Code.ALREADY_EXISTS): lambda e: (
+        lambda flow: _twice(
+            lambda: e.schedules.CreateSchedule(
+                sc.CreateScheduleRequest(
+                    schedule=pb.Schedule(
+                        flow_id=flow.id, interval_seconds=DAY, body=struct(question="q")
+                    ),
+                    request_id="s",
+                )
+            ),
+            lambda: e.schedules.CreateSchedule(
+                sc.CreateScheduleRequest(
+                    schedule=pb.Schedule(
+                        flow_id=flow.id, interval_seconds=DAY + 1, body=struct(question="q")
+                    ),
+                    request_id="s",
+                )
+            ),
+        )
+    )(e.flow()),
+    ("CreateSchedule", Code.FAILED_PRECONDITION): lambda e: lambda: e.schedule(e.bare_flow()),
+    **_by_id("GetSchedule", sc.GetScheduleRequest),
+    ("ListSchedules", Code.INVALID_ARGUMENT): lambda e: (
+        lambda: e.schedules.ListSchedules(sc.ListSchedulesRequest(page_size=-1))
+    ),
+    ("UpdateSchedule", Code.INVALID_ARGUMENT): lambda e: (
+        lambda s: (
+            lambda: e.schedules.UpdateSchedule(
+                sc.UpdateScheduleRequest(
+                    schedule=pb.Schedule(id=s.id, interval_seconds=0),  # neither it nor cron
+                    update_mask={"paths": ["interval_seconds"]},
+                )
+            )
+        )
+    )(e.schedule()),
+    ("UpdateSchedule", Code.FAILED_PRECONDITION): lambda e: (
+        lambda s: (
+            lambda: e.schedules.UpdateSchedule(
+                sc.UpdateScheduleRequest(
+                    # a one-off callback, and the organisation has no webhook secret
+                    schedule=pb.Schedule(
+                        id=s.id, options=pb.RunOptions(webhook_url="http://127.0.0.1:9/hook")
+                    ),
+                    update_mask={"paths": ["options"]},
+                )
+            )
+        )
+    )(e.schedule()),
+    ("UpdateSchedule", Code.NOT_FOUND): lambda e: (
+        lambda: e.schedules.UpdateSchedule(
+            sc.UpdateScheduleRequest(
+                schedule=pb.Schedule(id=NOBODY, interval_seconds=60),
+                update_mask={"paths": ["interval_seconds"]},
+            )
+        )
+    ),
+    **_by_id("DeleteSchedule", sc.DeleteScheduleRequest),
+    **_by_id("PauseSchedule", sc.PauseScheduleRequest),
+    **_by_id("ResumeSchedule", sc.ResumeScheduleRequest),
+    **_by_id("TriggerSchedule", sc.TriggerScheduleRequest),
+    ("TriggerSchedule", Code.RESOURCE_EXHAUSTED): _trigger_at_capacity,
+    ("TriggerSchedule", Code.FAILED_PRECONDITION): _trigger_waiting_session,
 }
 
 # -- codes every RPC documents (the service's comment): one request of each kind per RPC --------

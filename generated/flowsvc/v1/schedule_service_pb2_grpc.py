@@ -31,6 +31,13 @@ class ScheduleServiceStub:
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel):
@@ -85,12 +92,21 @@ class ScheduleServiceServicer:
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def CreateSchedule(self, request, context):
         """Errors: INVALID_ARGUMENT (neither or both of cron and interval_seconds, a bad cron
         expression or time_zone, interval_seconds < 1, bad options, body too large),
-        NOT_FOUND (flow_id).
+        NOT_FOUND (flow_id), ALREADY_EXISTS (request_id reused for a different request),
+        FAILED_PRECONDITION (the flow has no version yet; options.webhook_url while the
+        organisation has no webhook secret).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +129,8 @@ class ScheduleServiceServicer:
     def UpdateSchedule(self, request, context):
         """Changes the fields update_mask names ("cron", "time_zone", "interval_seconds", "body",
         "options", "overlap_policy", "catch_up"). Errors: INVALID_ARGUMENT (empty or unknown
-        update_mask path, and as CreateSchedule), NOT_FOUND.
+        update_mask path, and as CreateSchedule), NOT_FOUND, FAILED_PRECONDITION
+        (options.webhook_url while the organisation has no webhook secret).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,8 +161,10 @@ class ScheduleServiceServicer:
 
     def TriggerSchedule(self, request, context):
         """Starts one run now, outside the ticks (also while paused); answers with the run started.
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (schedule, or its flow was deleted),
-        RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (flow has no version).
+        Errors: INVALID_ARGUMENT (empty id; options.session_id of another flow's session),
+        NOT_FOUND (schedule, its flow was deleted, or options.session_id names no session),
+        RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (options.session_id
+        names a session that is waiting for input or has expired).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,6 +225,13 @@ class ScheduleService:
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @staticmethod

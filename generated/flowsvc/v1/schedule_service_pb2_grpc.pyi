@@ -32,6 +32,13 @@ class ScheduleServiceStub:
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_typing.overload
@@ -41,7 +48,9 @@ class ScheduleServiceStub:
     CreateSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.CreateScheduleRequest, _resources_pb2.Schedule]
     """Errors: INVALID_ARGUMENT (neither or both of cron and interval_seconds, a bad cron
     expression or time_zone, interval_seconds < 1, bad options, body too large),
-    NOT_FOUND (flow_id).
+    NOT_FOUND (flow_id), ALREADY_EXISTS (request_id reused for a different request),
+    FAILED_PRECONDITION (the flow has no version yet; options.webhook_url while the
+    organisation has no webhook secret).
     """
     GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _resources_pb2.Schedule]
     """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -50,7 +59,8 @@ class ScheduleServiceStub:
     UpdateSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateScheduleRequest, _resources_pb2.Schedule]
     """Changes the fields update_mask names ("cron", "time_zone", "interval_seconds", "body",
     "options", "overlap_policy", "catch_up"). Errors: INVALID_ARGUMENT (empty or unknown
-    update_mask path, and as CreateSchedule), NOT_FOUND.
+    update_mask path, and as CreateSchedule), NOT_FOUND, FAILED_PRECONDITION
+    (options.webhook_url while the organisation has no webhook secret).
     """
     DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.DeleteScheduleRequest, _empty_pb2.Empty]
     """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -64,8 +74,10 @@ class ScheduleServiceStub:
     """
     TriggerSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.TriggerScheduleRequest, _resources_pb2.FlowRun]
     """Starts one run now, outside the ticks (also while paused); answers with the run started.
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (schedule, or its flow was deleted),
-    RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (flow has no version).
+    Errors: INVALID_ARGUMENT (empty id; options.session_id of another flow's session),
+    NOT_FOUND (schedule, its flow was deleted, or options.session_id names no session),
+    RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (options.session_id
+    names a session that is waiting for input or has expired).
     """
 
 @_typing.type_check_only
@@ -73,13 +85,22 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.CreateScheduleRequest, _resources_pb2.Schedule]  # type: ignore[assignment]
     """Errors: INVALID_ARGUMENT (neither or both of cron and interval_seconds, a bad cron
     expression or time_zone, interval_seconds < 1, bad options, body too large),
-    NOT_FOUND (flow_id).
+    NOT_FOUND (flow_id), ALREADY_EXISTS (request_id reused for a different request),
+    FAILED_PRECONDITION (the flow has no version yet; options.webhook_url while the
+    organisation has no webhook secret).
     """
     GetSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _resources_pb2.Schedule]  # type: ignore[assignment]
     """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -88,7 +109,8 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     UpdateSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.UpdateScheduleRequest, _resources_pb2.Schedule]  # type: ignore[assignment]
     """Changes the fields update_mask names ("cron", "time_zone", "interval_seconds", "body",
     "options", "overlap_policy", "catch_up"). Errors: INVALID_ARGUMENT (empty or unknown
-    update_mask path, and as CreateSchedule), NOT_FOUND.
+    update_mask path, and as CreateSchedule), NOT_FOUND, FAILED_PRECONDITION
+    (options.webhook_url while the organisation has no webhook secret).
     """
     DeleteSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.DeleteScheduleRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -102,14 +124,23 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     """
     TriggerSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.TriggerScheduleRequest, _resources_pb2.FlowRun]  # type: ignore[assignment]
     """Starts one run now, outside the ticks (also while paused); answers with the run started.
-    Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (schedule, or its flow was deleted),
-    RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (flow has no version).
+    Errors: INVALID_ARGUMENT (empty id; options.session_id of another flow's session),
+    NOT_FOUND (schedule, its flow was deleted, or options.session_id names no session),
+    RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (options.session_id
+    names a session that is waiting for input or has expired).
     """
 
 class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     """Schedules: a flow run on a cron expression or every N seconds, once per tick, durably.
     Every RPC needs an API key and sees only the key's organisation; another organisation's
     schedule is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_abc_1.abstractmethod
@@ -120,7 +151,9 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Schedule, _abc.Awaitable[_resources_pb2.Schedule]]:
         """Errors: INVALID_ARGUMENT (neither or both of cron and interval_seconds, a bad cron
         expression or time_zone, interval_seconds < 1, bad options, body too large),
-        NOT_FOUND (flow_id).
+        NOT_FOUND (flow_id), ALREADY_EXISTS (request_id reused for a different request),
+        FAILED_PRECONDITION (the flow has no version yet; options.webhook_url while the
+        organisation has no webhook secret).
         """
 
     @_abc_1.abstractmethod
@@ -147,7 +180,8 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Schedule, _abc.Awaitable[_resources_pb2.Schedule]]:
         """Changes the fields update_mask names ("cron", "time_zone", "interval_seconds", "body",
         "options", "overlap_policy", "catch_up"). Errors: INVALID_ARGUMENT (empty or unknown
-        update_mask path, and as CreateSchedule), NOT_FOUND.
+        update_mask path, and as CreateSchedule), NOT_FOUND, FAILED_PRECONDITION
+        (options.webhook_url while the organisation has no webhook secret).
         """
 
     @_abc_1.abstractmethod
@@ -185,8 +219,10 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.FlowRun, _abc.Awaitable[_resources_pb2.FlowRun]]:
         """Starts one run now, outside the ticks (also while paused); answers with the run started.
-        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (schedule, or its flow was deleted),
-        RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (flow has no version).
+        Errors: INVALID_ARGUMENT (empty id; options.session_id of another flow's session),
+        NOT_FOUND (schedule, its flow was deleted, or options.session_id names no session),
+        RESOURCE_EXHAUSTED (organisation run limit), FAILED_PRECONDITION (options.session_id
+        names a session that is waiting for input or has expired).
         """
 
 def add_ScheduleServiceServicer_to_server(servicer: ScheduleServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

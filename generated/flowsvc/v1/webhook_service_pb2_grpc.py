@@ -31,6 +31,13 @@ class WebhookServiceStub:
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel):
@@ -70,12 +77,19 @@ class WebhookServiceServicer:
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def CreateWebhook(self, request, context):
         """Creates a webhook; the answer alone carries its secret.
         Errors: INVALID_ARGUMENT (url not http(s) or not on the server's allow-list, no or unknown
-        event_types, malformed flow_id), NOT_FOUND (flow_id names no flow of the organisation).
+        event_types), NOT_FOUND (flow_id, of any form, names no flow of the organisation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +165,13 @@ class WebhookService:
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @staticmethod

@@ -32,6 +32,13 @@ class WebhookServiceStub:
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_typing.overload
@@ -41,7 +48,7 @@ class WebhookServiceStub:
     CreateWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.CreateWebhookRequest, _resources_pb2.Webhook]
     """Creates a webhook; the answer alone carries its secret.
     Errors: INVALID_ARGUMENT (url not http(s) or not on the server's allow-list, no or unknown
-    event_types, malformed flow_id), NOT_FOUND (flow_id names no flow of the organisation).
+    event_types), NOT_FOUND (flow_id, of any form, names no flow of the organisation).
     """
     GetWebhook: _grpc.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookRequest, _resources_pb2.Webhook]
     """The webhook without its secret. Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -61,13 +68,20 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateWebhook: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.CreateWebhookRequest, _resources_pb2.Webhook]  # type: ignore[assignment]
     """Creates a webhook; the answer alone carries its secret.
     Errors: INVALID_ARGUMENT (url not http(s) or not on the server's allow-list, no or unknown
-    event_types, malformed flow_id), NOT_FOUND (flow_id names no flow of the organisation).
+    event_types), NOT_FOUND (flow_id, of any form, names no flow of the organisation).
     """
     GetWebhook: _aio.UnaryUnaryMultiCallable[_webhook_service_pb2.GetWebhookRequest, _resources_pb2.Webhook]  # type: ignore[assignment]
     """The webhook without its secret. Errors: INVALID_ARGUMENT (empty id), NOT_FOUND."""
@@ -86,6 +100,13 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """Webhooks: flowsvc POSTs events to a URL, signed per the Standard Webhooks specification,
     durably and at least once. Every RPC needs an API key and sees only the key's
     organisation; another organisation's webhook is NOT_FOUND.
+    An empty id is INVALID_ARGUMENT; an id that names nothing of the organisation's, whatever
+    its form, is NOT_FOUND. Each RPC lists the errors of its own below.
+    Errors: every RPC can answer UNAUTHENTICATED (no valid API key), PERMISSION_DENIED
+    (current-org-id names another organisation than the key's), INVALID_ARGUMENT (request bytes
+    that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
+    max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
+    unreachable or the server is draining; the same call can succeed later or on another replica).
     """
 
     @_abc_1.abstractmethod
@@ -96,7 +117,7 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_resources_pb2.Webhook, _abc.Awaitable[_resources_pb2.Webhook]]:
         """Creates a webhook; the answer alone carries its secret.
         Errors: INVALID_ARGUMENT (url not http(s) or not on the server's allow-list, no or unknown
-        event_types, malformed flow_id), NOT_FOUND (flow_id names no flow of the organisation).
+        event_types), NOT_FOUND (flow_id, of any form, names no flow of the organisation).
         """
 
     @_abc_1.abstractmethod

@@ -4,21 +4,31 @@ resume across a server killed and restarted mid-run."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import os
+import pkgutil
 import re
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
 
+import flowsvc.v1
 from flowsvc.client import Client, FlowsvcError, RetryPolicy, types
+from flowsvc.client.rpcs import R
+from flowsvc.config import Settings
+from flowsvc.v1 import schedule_service_pb2
 from tests.conftest import Deployment
 from tests.fake_openai import FakeOpenAI
-from tests.harness import ROOT, ChildServer, mint_key, sqlite_url
+from tests.harness import ROOT, ChildServer, InProcessServer, mint_key, sqlite_url
 
 T = types.RunEventType
 
@@ -215,3 +225,149 @@ def test_readme_client_example_runs(deployment: Deployment) -> None:
     assert "Hello, world!" in done.stdout
     assert "RUN_EVENT_TYPE_RUN_COMPLETED" in done.stdout
     assert "NOT_FOUND" in done.stdout
+
+
+def _service_modules() -> list[ModuleType]:
+    """Every flowsvc.v1 *_service_pb2 module: the contract's services, old and new."""
+    names = [m.name for m in pkgutil.iter_modules(flowsvc.v1.__path__)]
+    modules = [
+        importlib.import_module(f"flowsvc.v1.{n}") for n in names if n.endswith("_service_pb2")
+    ]
+    assert len(modules) >= 6, names
+    return modules
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def test_every_rpc_of_every_service_has_a_client_method() -> None:
+    """A new RPC in the contract fails here until the client has its method: unary RPCs as
+    coroutines, server-streaming ones as async iterators."""
+    missing, wrong_kind, services = [], [], set()
+    for module in _service_modules():
+        for service in module.DESCRIPTOR.services_by_name.values():
+            services.add(service.name)
+            for rpc in service.methods:
+                method = getattr(Client, _snake(rpc.name), None)
+                if not callable(method):
+                    missing.append(f"{service.full_name}.{rpc.name} -> {_snake(rpc.name)}")
+                elif inspect.iscoroutinefunction(method) == rpc.server_streaming:
+                    wrong_kind.append(f"{service.full_name}.{rpc.name}")
+    assert {"LiveFlowService", "SessionService", "FlowRunService", "EvalService",
+            "WebhookService", "ScheduleService"} <= services  # fmt: skip
+    assert not missing, missing
+    assert not wrong_kind, wrong_kind
+
+
+def test_retries_only_where_safe_and_request_ids_filled_in() -> None:
+    """Which of the webhook and schedule calls the client may send twice."""
+    sent: list[tuple[str, Message, bool]] = []
+
+    class Recording(Client):
+        async def _unary(
+            self, method: str, request: Message, response: type[R], *, safe: bool,
+            timeout: float | None,
+        ) -> R:  # fmt: skip
+            sent.append((method.rsplit("/", 1)[-1], request, safe))
+            return response()
+
+    async def go() -> None:
+        async with Recording("127.0.0.1:1", "k") as c:
+            await c.create_webhook(webhook=types.Webhook(url="http://x"))
+            await c.get_webhook("w")
+            await c.list_webhooks()
+            await c.list_webhook_deliveries(webhook_id="w")
+            await c.delete_webhook("w")
+            await c.create_schedule(schedule=types.Schedule(flow_id="f", interval_seconds=5))
+            await c.create_schedule(schedule=types.Schedule(flow_id="f"), request_id="mine")
+            await c.get_schedule("s")
+            await c.list_schedules(flow_id="f")
+            await c.update_schedule(schedule=types.Schedule(id="s"), update_mask=["cron"])
+            await c.pause_schedule("s")
+            await c.resume_schedule("s")
+            await c.trigger_schedule("s")
+            await c.delete_schedule("s")
+
+    asyncio.run(go())
+    safe = {name for name, _, s in sent if s}
+    assert safe == {
+        "GetWebhook", "ListWebhooks", "ListWebhookDeliveries", "CreateSchedule", "GetSchedule",
+        "ListSchedules", "PauseSchedule", "ResumeSchedule",
+    }  # fmt: skip
+    creates = [r for name, r, _ in sent if name == "CreateSchedule"]
+    assert isinstance(creates[0], schedule_service_pb2.CreateScheduleRequest)
+    assert len(creates[0].request_id) == 32  # filled in
+    assert isinstance(creates[1], schedule_service_pb2.CreateScheduleRequest)
+    assert creates[1].request_id == "mine"
+    update = next(r for name, r, _ in sent if name == "UpdateSchedule")
+    assert isinstance(update, schedule_service_pb2.UpdateScheduleRequest)
+    assert list(update.update_mask.paths) == ["cron"]
+
+
+def test_webhook_and_schedule_calls_round_trip(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "flowsvc.db")
+    server = InProcessServer(
+        Settings(listen="127.0.0.1:0", database_url=url, http_allow_hosts=("127.0.0.1",))
+    )
+    key = mint_key(url, "acme")
+
+    async def go() -> None:
+        async with Client(server.address, key, timeout=30) as client:
+            flow = await make_flow(client, "outbound")
+            # A webhook on the flow before its run, so the run leaves deliveries to list. No one
+            # listens at its url: the deliveries stay pending, which is all this test needs.
+            hook = await client.create_webhook(
+                webhook=types.Webhook(
+                    url=f"http://127.0.0.1:{_free_port()}/hook",
+                    event_types=["run.started", "run.completed"],
+                    flow_id=flow.id,
+                )
+            )
+            assert isinstance(hook, types.Webhook) and hook.secret.startswith("whsec_")
+            got_hook = await client.get_webhook(hook.id)
+            assert got_hook.url == hook.url and got_hook.secret == ""
+            assert hook.id in [w.id for w in (await client.list_webhooks()).webhooks]
+
+            # A day between ticks: nothing runs but what the test triggers.
+            schedule = await client.create_schedule(
+                schedule=types.Schedule(flow_id=flow.id, interval_seconds=86_400,
+                                        body=struct_pb2.Struct(fields={
+                                            "q": struct_pb2.Value(string_value="tick")}))
+            )  # fmt: skip
+            assert isinstance(schedule, types.Schedule)
+            assert not schedule.paused and len(schedule.next_run_times) == 5
+            assert (await client.get_schedule(schedule.id)).flow_id == flow.id
+            listed = await client.list_schedules(flow_id=flow.id)
+            assert [s.id for s in listed.schedules] == [schedule.id]
+            paused = await client.pause_schedule(schedule.id)
+            assert paused.paused and not paused.next_run_times
+            assert (await client.pause_schedule(schedule.id)).paused  # again: no change
+            resumed = await client.resume_schedule(schedule.id)
+            assert not resumed.paused and resumed.next_run_times
+            run = await client.trigger_schedule(schedule.id)
+            assert isinstance(run, types.FlowRun)
+            assert run.schedule_id == schedule.id and run.flow_id == flow.id
+
+            deliveries: list[types.WebhookDelivery] = []
+            for _ in range(200):
+                answer = await client.list_webhook_deliveries(webhook_id=hook.id)
+                deliveries = list(answer.webhook_deliveries)
+                if len(deliveries) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert {d.event_type for d in deliveries} == {"run.started", "run.completed"}
+            assert {d.run_id for d in deliveries} == {run.id}
+
+            await client.delete_schedule(schedule.id)
+            await client.delete_webhook(hook.id)
+            for gone in (client.get_schedule(schedule.id), client.get_webhook(hook.id)):
+                with pytest.raises(FlowsvcError) as caught:
+                    await gone
+                assert caught.value.code == grpc.StatusCode.NOT_FOUND
+            assert not (await client.list_schedules(flow_id=flow.id)).schedules
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.stop()

@@ -465,5 +465,6 @@ def test_organisation_run_counts_are_read_from_the_database(database_url: str) -
             await new_session_with_run(a, version)
         assert await b.leases.count_active_runs(ORG) == 3
         assert await b.leases.count_active_runs("globex") == 0
+        assert await b.leases.active_runs_by_org() == {ORG: 3}
 
     run_on(database_url, body)

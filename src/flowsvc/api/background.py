@@ -71,8 +71,9 @@ def add_services(
     flow_runs: FlowRuns,
     sessions: Sessions,
 ) -> Background:
+    outbox = Outbox(database.batch_writer.dialect)
     hooks = SqlWebhookStore(database, replica_id)
-    writer.in_commit.append(Outbox(database.batch_writer.dialect).write)
+    writer.in_commit.append(outbox.write)
     allow = AllowList(settings.http_allow_hosts)
 
     async def flow_exists(org: str, flow_id: str) -> bool:
@@ -94,7 +95,11 @@ def add_services(
             window=settings.webhook_retry_window_seconds,
         ),
     )
-    writer.on_committed.append(worker.wake)
+    def deliveries_written(_sessions: set[str]) -> None:
+        if outbox.take_wrote():
+            worker.wake()  # a commit with deliveries only: no claim query per commit
+
+    writer.on_committed.append(deliveries_written)
     webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server(
         WebhookServicer(webhooks), server
     )

@@ -5,17 +5,18 @@ This module is the only one that knows method paths and request types (as the se
 of Temporal's SDK); `Client` supplies the transport (`_unary`, `_follow`): retries, deadlines,
 resumption. `safe=True` marks the calls that may be sent twice: reads, and writes carrying a
 request_id (filled in here when the caller gives none, so a retry is recognised as one).
+WebhookService and ScheduleService are in rpcs_outbound.py, a mixin of `Rpcs`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, TypeVar
 
 from google.protobuf import empty_pb2, field_mask_pb2, struct_pb2
 from google.protobuf.message import Message
 
+from flowsvc.client.rpcs_outbound import OutboundRpcs, field_mask, new_request_id
 from flowsvc.v1 import eval_service_pb2 as es
 from flowsvc.v1 import flow_run_service_pb2 as frs
 from flowsvc.v1 import live_flow_service_pb2 as lfs
@@ -31,10 +32,6 @@ _FR = "/flowsvc.v1.FlowRunService/"
 _EV = "/flowsvc.v1.EvalService/"
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
 def struct(value: JsonObject | None) -> struct_pb2.Struct | None:
     """Plain dicts are accepted wherever the contract has a Struct."""
     if value is None or isinstance(value, struct_pb2.Struct):
@@ -44,7 +41,7 @@ def struct(value: JsonObject | None) -> struct_pb2.Struct | None:
     return out
 
 
-class Rpcs:
+class Rpcs(OutboundRpcs):
     async def _unary(
         self, method: str, request: Message, response: type[R], *, safe: bool, timeout: float | None
     ) -> R:
@@ -104,12 +101,9 @@ class Rpcs:
         update_mask: Iterable[str] | field_mask_pb2.FieldMask = (),
         timeout: float | None = None,
     ) -> pb.LiveFlow:
-        mask = (
-            update_mask
-            if isinstance(update_mask, field_mask_pb2.FieldMask)
-            else field_mask_pb2.FieldMask(paths=list(update_mask))
+        request = lfs.UpdateLiveFlowRequest(
+            live_flow=live_flow, update_mask=field_mask(update_mask)
         )
-        request = lfs.UpdateLiveFlowRequest(live_flow=live_flow, update_mask=mask)
         return await self._unary(_LF + "UpdateLiveFlow", request, pb.LiveFlow, safe=False,
                                  timeout=timeout)
 

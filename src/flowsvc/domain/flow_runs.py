@@ -223,12 +223,8 @@ class FlowRuns:
         return flow, flow.current_version
 
     async def check_capacity(self, org: str) -> None:
-        """Counted in the database where replicas share it: every replica's runs count
-        against one limit. A database of one process (SQLite) is counted in memory."""
-        if self._leases.shared:
-            active = await self._leases.count_active_runs(org)
-        else:
-            active = self._engine.active_runs_of(org)
+        """Every replica's runs count against one limit (see run_counts.py)."""
+        active = self._engine.run_counts.of(org)
         if active >= self._limits.max_active_runs_per_org:
             raise ResourceExhausted(
                 f"the organisation has {active} runs going; the limit is "

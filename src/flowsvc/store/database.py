@@ -127,13 +127,21 @@ class Database:
         else:
             self.writer = create_async_engine(
                 url,
-                pool_size=read_pool_size,
+                pool_size=4,
                 max_overflow=4,
                 pool_pre_ping=True,
                 isolation_level="READ COMMITTED",
                 **JSON_OPTIONS,
             )
-            self.reader = self.writer
+            # Reads are single statements: in autocommit they cost no BEGIN and no ROLLBACK.
+            self.reader = create_async_engine(
+                url,
+                pool_size=read_pool_size,
+                max_overflow=4,
+                pool_pre_ping=True,
+                isolation_level="AUTOCOMMIT",
+                **JSON_OPTIONS,
+            )
         self.dialect_name = parsed.get_backend_name()
         # SQLite has one writer anyway; PostgreSQL takes concurrent writers.
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None

@@ -135,6 +135,18 @@ class SqlLeases:
             ).all()
         return [run_from(r) for r in rows]
 
+    async def active_runs_by_org(self) -> dict[str, int]:
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT organisation_id, count(*) FROM flow_runs "
+                        f"WHERE status IN {_ACTIVE_SQL} GROUP BY organisation_id"
+                    )
+                )
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
     async def count_active_runs(self, org: str) -> int:
         async with self.db.read() as conn:
             return int(

@@ -51,6 +51,8 @@ class Outbox:
     """The journal writer's hook: deliveries for the events of one commit."""
 
     def __init__(self, dialect: Any) -> None:
+        # Set when a commit wrote deliveries: the delivery worker is woken for those only.
+        self.wrote = False
         p = "?" if dialect.name == "sqlite" else "%s"
         self._created = UTCDateTime().fast_bind_processor(dialect)
         self._matching = (
@@ -75,6 +77,8 @@ class Outbox:
             sid, seq = row["session_id"], row["seq"]
             created = self._created(row["time"]) if self._created else row["time"]
             suffix = f":{sid}:{seq}"
+            # Matched against the webhooks table in this very transaction: a webhook created on
+            # any replica gets every event committed after it, with no cache to go stale.
             matching.append((suffix, name, seq, row["run_id"], created, sid,
                              row["organisation_id"], bit))
             run = row["payload"].get("run") or {}
@@ -85,9 +89,15 @@ class Outbox:
                     created, None, None, 0,
                 ))
         if matching:
-            conn.exec_driver_sql(self._matching, matching)
+            written = conn.exec_driver_sql(self._matching, matching)
+            self.wrote = self.wrote or bool(written.rowcount)
         if callbacks:
             conn.exec_driver_sql(self._callback, callbacks)
+            self.wrote = True
+
+    def take_wrote(self) -> bool:
+        wrote, self.wrote = self.wrote, False
+        return wrote
 
 
 def _webhook(r: Any) -> Webhook:
@@ -157,6 +167,7 @@ class SqlWebhookStore:
                     created_at=webhook.created_at,
                 )
             )
+
 
     async def get_webhook(self, org: str, webhook_id: str) -> Webhook | None:
         async with self.db.read() as conn:

@@ -45,6 +45,7 @@ class Coordinator:
     async def tick(self) -> int:
         """One beat; returns how many sessions and jobs it claimed."""
         await self._engine.cancel_requested()
+        await self._engine.run_counts.refresh()
         claimed = 0
         while True:
             found = await self._engine.claim_orphans(CLAIM_BATCH)

@@ -25,6 +25,7 @@ from flowsvc.domain.providers import (
     Providers,
 )
 from flowsvc.domain.routing import GraphIndex
+from flowsvc.domain.run_counts import ActiveRunCounts
 from flowsvc.domain.runs import (
     EventType,
     FlowRun,
@@ -123,6 +124,7 @@ class EngineCore:
         self._step_timeout = step_timeout
         self.telemetry: Telemetry = telemetry or NoTelemetry()
         self._leases = leases
+        self.run_counts = ActiveRunCounts(leases)
         self.sessions = SessionRegistry(leases, self._record, lease_seconds=lease_seconds)
         self.sessions.on_lost = self._abandon
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -261,10 +263,6 @@ class EngineCore:
 
     def _context(self, state: SessionState, run: FlowRun, version: FlowVersion) -> RunContext:
         return RunContext(state, run, version, self._graph(version))
-
-    def active_runs_of(self, org: str) -> int:
-        """The organisation's runs executing (or waiting their turn) on this replica."""
-        return sum(1 for run in self._task_runs.values() if run.organisation_id == org)
 
     def active_count(self) -> int:
         """Runs executing on this replica."""

@@ -72,8 +72,10 @@ class Engine(SessionOperations, StepExecution):
         task = asyncio.create_task(self._drive(ctx), name=f"run-{run.id}")
         self._tasks[run.id] = task
         self._task_runs[run.id] = run
+        self.run_counts.started(run.organisation_id)
 
         def done(t: asyncio.Task[None]) -> None:
+            self.run_counts.stopped(run.organisation_id)
             if self._tasks.get(run.id) is t:
                 del self._tasks[run.id]
                 self._task_runs.pop(run.id, None)

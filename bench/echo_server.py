@@ -1,4 +1,6 @@
-"""The baseline: a bare grpc.aio unary echo service, no persistence."""
+"""The baselines: a bare grpc.aio unary echo service, no persistence; and a bare grpc.aio
+server stream (W3's baseline) that writes one pre-encoded message, as many times as the
+client reads, to every subscriber."""
 
 from __future__ import annotations
 
@@ -12,10 +14,23 @@ async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:  # t
     return request
 
 
+async def stream(request: bytes, context: grpc.aio.ServicerContext) -> None:  # type: ignore[type-arg]
+    """The request is the message size in bytes (ASCII digits). The same bytes object is
+    written over and over, as flowsvc writes an event encoded once to every subscriber: each
+    write waits for flow control, so it goes as fast as the subscriber reads."""
+    message = b"e" * int(request or b"1024")
+    while True:
+        await context.write(message)
+
+
 async def main() -> None:
     server = grpc.aio.server()
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+        "bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        },
     )
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -22,6 +23,7 @@ from flowsvc.v1 import session_service_pb2 as ss
 from flowsvc.v1 import session_service_pb2_grpc as ss_grpc
 
 ECHO_METHOD = "/bench.Echo/Echo"
+STREAM_METHOD = "/bench.Echo/Stream"
 PAYLOAD = b"x" * 200
 
 
@@ -70,7 +72,9 @@ async def closed_loop(
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("workload", choices=["echo", "w1", "w2", "w3-watch", "w3-drive", "w4"])
+    parser.add_argument(
+        "workload", choices=["echo", "w1", "w2", "w3-watch", "w3-drive", "w4", "stream-watch", "w6"]
+    )
     parser.add_argument(
         "--target", required=True, help="HOST:PORT; w1 also takes a comma-separated list"
     )
@@ -79,6 +83,11 @@ async def main() -> None:
     parser.add_argument("--session", default="")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=0, help="w3-drive: runs started per s")
+    parser.add_argument("--size", type=int, default=1024, help="stream-watch: message bytes")
+    parser.add_argument("--pid", type=int, default=0, help="server whose CPU the window reads")
+    parser.add_argument("--runs", type=int, default=0, help="w6: runs per caller")
+    parser.add_argument("--mode", default="given", choices=["given", "new", "prepare"])
     args = parser.parse_args()
     metadata = (("authorization", f"Bearer {args.key}"),)
     targets = args.target.split(",")
@@ -105,7 +114,9 @@ async def main() -> None:
                 run = await runs.RunFlow(request, metadata=metadata)
                 assert run.status == pb.RUN_STATUS_COMPLETE, run.error
 
+            cpu0 = server_cpu(args.pid)
             result = await closed_loop(args.concurrency, args.seconds, call)
+            result["server_cpu_s"] = server_cpu(args.pid) - cpu0
         elif args.workload == "w2":
             sessions = ss_grpc.SessionServiceStub(channel)
             inputs = struct_pb2.Struct()
@@ -135,9 +146,16 @@ async def main() -> None:
             async def call() -> None:
                 await runs.RunFlow(request, metadata=metadata)
 
-            result = await closed_loop(1, args.seconds, call)
+            if args.rate:
+                result = await paced(args.rate, args.seconds, call)
+            else:
+                result = await closed_loop(1, args.seconds, call)
         elif args.workload == "w3-watch":
-            result = await watch(channel, metadata, args)
+            result = await w3_watch(channel, metadata, args)
+        elif args.workload == "stream-watch":
+            result = await stream_watch(channel, args)
+        elif args.workload == "w6":
+            result = await w6(channel, metadata, args)
         else:
             result = await reads(channel, metadata, args)
     json.dump({**result, "client_cpu_s": _cpu_since(cpu)}, sys.stdout)
@@ -172,44 +190,204 @@ async def w1_split(targets: list[str], metadata: Any, args: argparse.Namespace) 
             await c.close()
 
 
-async def watch(
-    channel: grpc.aio.Channel, metadata: Any, args: argparse.Namespace
-) -> dict[str, Any]:
-    sessions = ss_grpc.SessionServiceStub(channel)
-    delays: list[float] = []
-    ready = 0
-    cut_off = 0
+def server_cpu(pid: int) -> float:
+    """utime + stime of a process from /proc/PID/stat, seconds (0 without a pid)."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    async def subscriber() -> None:
-        nonlocal ready, cut_off
-        call = sessions.WatchSession(
-            ss.WatchSessionRequest(session_id=args.session, after_seq=0), metadata=metadata
-        )
-        joined = time.time()
-        ready += 1
+
+async def paced(rate: float, seconds: float, call: Callable[[], Awaitable[None]]) -> dict[str, Any]:
+    """One caller starting a run every 1/rate s (open loop on a fixed schedule; a run still in
+    flight at its successor's time delays it, since runs on one session follow each other)."""
+    latencies: list[float] = []
+    errors = 0
+    interval = 1 / rate
+    began = time.perf_counter()
+    deadline = began + seconds
+    due = began
+    while due < deadline:
+        now = time.perf_counter()
+        if due > now:
+            await asyncio.sleep(due - now)
+        started = time.perf_counter()
         try:
-            async for event in call:
-                sent = event.time.seconds + event.time.nanos / 1e9
-                if event.seq and sent > joined:  # live events only, not the replayed history
-                    delays.append(time.time() - sent)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                cut_off += 1
-            elif err.code() != grpc.StatusCode.CANCELLED:
-                raise
+            await call()
+            latencies.append(time.perf_counter() - started)
+        except grpc.aio.AioRpcError:
+            errors += 1
+        due += interval
+        if due < time.perf_counter() - interval:  # far behind: no burst to catch up
+            due = time.perf_counter()
+    elapsed = time.perf_counter() - began
+    return {
+        "calls": len(latencies),
+        "errors": errors,
+        "per_second": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "seconds": elapsed,
+        "rate": rate,
+    }
 
-    tasks = [asyncio.create_task(subscriber()) for _ in range(args.concurrency)]
+
+async def windowed(
+    args: argparse.Namespace, subscriber: Callable[[dict[str, Any]], Awaitable[None]]
+) -> dict[str, Any]:
+    """`--concurrency` subscribers join; "ready" is printed once all have their stream open
+    (first message in); the window starts when a line arrives on stdin ("go") and lasts
+    `--seconds`. Counts are taken over the window only; with --pid, so is the server's CPU."""
+    state: dict[str, Any] = {
+        "received": 0,
+        "bytes": 0,
+        "delays": [],
+        "measuring": False,
+        "joined": 0,
+        "cut_off": 0,
+    }
+    all_joined = asyncio.Event()
+    state["all_joined"] = all_joined
+    tasks = [asyncio.create_task(subscriber(state)) for _ in range(args.concurrency)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_joined.wait(), 60)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    own0 = os.times()
+    cpu0, n0, b0, t0 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
+    state["measuring"] = True
     await asyncio.sleep(args.seconds)
+    state["measuring"] = False
+    cpu1, n1, b1, t1 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    delays: list[float] = state["delays"]
+    delivered = n1 - n0
     return {
         "subscribers": args.concurrency,
-        "events_received": len(delays),
-        "cut_off": cut_off,
+        "joined": state["joined"],
+        "delivered": delivered,
+        "window_s": t1 - t0,
+        "delivered_per_s": delivered / (t1 - t0),
+        "mean_bytes": (b1 - b0) / max(1, delivered),
+        "server_cpu_s": cpu1 - cpu0,
+        "client_window_cpu_s": _cpu_since(own0),
+        "cut_off": state["cut_off"],
+        "events_timed": len(delays),
         "p50_ms": percentile(delays, 0.50) * 1000,
         "p99_ms": percentile(delays, 0.99) * 1000,
+        "max_ms": max(delays) * 1000 if delays else float("nan"),
         "mean_ms": statistics.fmean(delays) * 1000 if delays else float("nan"),
+    }
+
+
+async def stream_watch(channel: grpc.aio.Channel, args: argparse.Namespace) -> dict[str, Any]:
+    """W3's baseline: subscribers of the bare stream, reading as fast as they can."""
+    open_stream = channel.unary_stream(STREAM_METHOD)  # bytes in, bytes out
+
+    async def subscriber(state: dict[str, Any]) -> None:
+        call = open_stream(str(args.size).encode())
+        first = True
+        try:
+            async for message in call:
+                if first:
+                    first = False
+                    state["joined"] += 1
+                    if state["joined"] == args.concurrency:
+                        state["all_joined"].set()
+                state["received"] += 1
+                state["bytes"] += len(message)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+    return await windowed(args, subscriber)
+
+
+async def w3_watch(
+    channel: grpc.aio.Channel, metadata: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    """W3: WatchSession subscribers (after_seq 0) of one session; each counts what it
+    receives in the window, and times live events (receipt - event `time`)."""
+    # raw bytes, parsed here (as the stub would): the size comes for free
+    watch_raw = channel.unary_stream(
+        "/flowsvc.v1.SessionService/WatchSession",
+        request_serializer=ss.WatchSessionRequest.SerializeToString,
+    )
+
+    async def subscriber(state: dict[str, Any]) -> None:
+        call = watch_raw(
+            ss.WatchSessionRequest(session_id=args.session, after_seq=0), metadata=metadata
+        )
+        await call.wait_for_connection()
+        state["joined"] += 1
+        if state["joined"] == args.concurrency:
+            state["all_joined"].set()
+        delays = state["delays"]
+        try:
+            async for raw in call:
+                received = time.time()
+                state["received"] += 1
+                state["bytes"] += len(raw)
+                if state["measuring"]:
+                    event = pb.RunEvent.FromString(raw)
+                    if event.seq:
+                        delays.append(received - event.time.seconds - event.time.nanos / 1e9)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                state["cut_off"] += 1
+            elif err.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+    return await windowed(args, subscriber)
+
+
+async def w6(channel: grpc.aio.Channel, metadata: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`--runs` RunFlow calls per caller, each caller on its own session: `given` (the
+    comma-separated --session list, one per caller), `new` (every call a new session) or
+    `prepare` (the first call makes the session, the rest run on it; prints the sessions)."""
+    runs = fr_grpc.FlowRunServiceStub(channel)
+    body = struct_pb2.Struct()
+    body.update({"question": "why is the sky blue?"})
+    given = [s for s in args.session.split(",") if s]
+    latencies: list[float] = []
+    errors: list[str] = []
+    made: list[str] = []
+
+    async def caller(i: int) -> None:
+        session = given[i] if args.mode == "given" else ""
+        for _ in range(args.runs):
+            request = fr.RunFlowRequest(
+                flow_id=args.flow, body=body, options=pb.RunOptions(session_id=session)
+            )
+            started = time.perf_counter()
+            try:
+                run = await runs.RunFlow(request, metadata=metadata)
+            except grpc.aio.AioRpcError as err:
+                errors.append(f"{err.code().name}: {err.details()}")
+                continue
+            latencies.append(time.perf_counter() - started)
+            assert run.status == pb.RUN_STATUS_COMPLETE, run.error
+            if args.mode == "prepare" and not session:
+                session = run.session_id
+                made.append(session)
+
+    cpu0, began = server_cpu(args.pid), time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(args.concurrency)))
+    elapsed, cpu1 = time.perf_counter() - began, server_cpu(args.pid)
+    return {
+        "calls": len(latencies),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "per_second": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "seconds": elapsed,
+        "server_cpu_s": cpu1 - cpu0,
+        "cpu_ms_per_run": 1000 * (cpu1 - cpu0) / max(1, len(latencies)),
+        "sessions": made,
     }
 
 

@@ -280,10 +280,15 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000, help="W4 stored sessions")
     parser.add_argument("--out", default=str(ROOT / "bench-results.json"))
     parser.add_argument("--only", default="", help="e.g. w3: run just these workloads")
+    parser.add_argument("--profile", default="", help="a directory: py-spy profiles of servers")
     parser.add_argument(
         "--takeover-trials", type=int, default=3, help="W7 kill -9 trials per lease setting"
     )
     args = parser.parse_args()
+    global PROFILE_DIR
+    if args.profile:
+        PROFILE_DIR = Path(args.profile).resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"seconds": args.seconds, "rounds": args.rounds}
     work = Path(tempfile.mkdtemp(prefix="flowsvc-bench-"))
     chosen = {w.strip() for w in args.only.split(",") if w.strip()} or {
@@ -292,7 +297,10 @@ def main() -> None:
         "w3",
         "w4",
         "w5",
+        "w6",
         "w7",
+        "wtel",
+        "wlog",
     }
 
     # W5: start to SERVING, idle memory (three starts on empty stores).
@@ -362,70 +370,29 @@ def main() -> None:
         "errors": sum(r["errors"] for r in rounds["w2"]),
     }
 
-    # W3: one session running chain5 back to back, 200 subscribers following it.
-    if "w3" in chosen:
-        results["w3"] = w3(server, key, chain, args.seconds)
     server.stop()
+    # W3: 200 subscribers of a bare grpc.aio stream, then of one flowsvc session running
+    # chain5 back to back, then paced at a quarter of the bare stream's deliveries.
+    if "w3" in chosen:
+        results["w3"] = w3(work, echo, args.seconds)
+    # W6: RunFlow on sessions holding ~900 messages vs on new ones.
+    if "w6" in chosen:
+        results["w6"] = w6(work)
+    # Telemetry (metrics + tracing) on vs off; log level INFO vs WARNING: W1 at 16 callers.
+    if chosen & {"wtel", "wlog"}:
+        results["wtel_wlog"] = telemetry_and_logs(
+            work, args.seconds, args.rounds, "wtel" in chosen, "wlog" in chosen
+        )
 
     # W4: reads against an almost empty store, then with 100,000 sessions stored.
     if "w4" in chosen:
         results["w4"] = w4(work, args.sessions, args.seconds)
     echo.stop()
 
+    for p in PROFILERS:
+        p.wait()
     Path(args.out).write_text(json.dumps(results, indent=2, default=float))
     print(table(results))
-
-
-def w3(server: Server, key: str, chain: str, seconds: float) -> dict[str, Any]:
-    first = one_run(server.address, key, chain)
-    watcher = subprocess.Popen(
-        [
-            PY,
-            str(HERE / "load.py"),
-            "w3-watch",
-            "--target",
-            server.address,
-            "--key",
-            key,
-            "--session",
-            first.session_id,
-            "--concurrency",
-            "200",
-            "--seconds",
-            str(seconds + 2),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    time.sleep(1.5)
-    peak = [rss_mib(server.proc.pid)]
-    driver = subprocess.Popen(
-        [
-            PY,
-            str(HERE / "load.py"),
-            "w3-drive",
-            "--target",
-            server.address,
-            "--key",
-            key,
-            "--flow",
-            chain,
-            "--session",
-            first.session_id,
-            "--seconds",
-            str(seconds),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    while driver.poll() is None:
-        peak.append(rss_mib(server.proc.pid))
-        time.sleep(0.5)
-    drive = json.loads(driver.communicate()[0])
-    watched = json.loads(watcher.communicate()[0])
-    return {**watched, "runs_per_s": drive["per_second"], "server_peak_rss_mib": max(peak)}
 
 
 def w4(work: Path, sessions: int, seconds: float) -> dict[str, Any]:
@@ -802,6 +769,426 @@ def takeover_once(pg: Postgres, servers: list[Server], model: SlowModel) -> dict
     }
 
 
+# ---- W3 against a bare grpc.aio stream; W6 long sessions; telemetry and log-level costs ----
+
+W3_SUBSCRIBERS = 200
+W3_WATCH_PROCS = 2  # load processes sharing the subscribers (one alone is the ceiling)
+
+
+def subscribers(workload: str, target: str, seconds: float, pid: int, **options: Any) -> Any:
+    """W3_SUBSCRIBERS subscribers in W3_WATCH_PROCS load processes, all joined ("ready");
+    returns the processes, whose windows start with go()."""
+    procs = []
+    for i in range(W3_WATCH_PROCS):
+        n = W3_SUBSCRIBERS // W3_WATCH_PROCS + (i < W3_SUBSCRIBERS % W3_WATCH_PROCS)
+        args = [PY, str(HERE / "load.py"), workload, "--target", target, "--concurrency", str(n)]
+        args += ["--seconds", str(seconds), "--pid", str(pid if i == 0 else 0)]
+        for name, value in options.items():
+            args += [f"--{name}", str(value)]
+        procs.append(
+            subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+            )
+        )
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"subscribers did not join: {line!r}")
+    return procs
+
+
+def go(procs: list[subprocess.Popen[str]], pid: int = 0, name: str = "") -> None:
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    if pid and name:
+        profile(pid, name)
+
+
+PROFILE_DIR: Path | None = None  # --profile: py-spy records each measured server there
+PROFILERS: list[subprocess.Popen[bytes]] = []
+
+
+def profile(pid: int, name: str, seconds: float = 8) -> None:
+    """With --profile, a py-spy sampling profile (GIL holders, raw stacks) of `pid` from now
+    on, for `seconds`: `PROFILE_DIR/name.txt`. It takes CPU: figures of a profiled run are
+    not the ones to quote."""
+    if PROFILE_DIR is None:
+        return
+    out = PROFILE_DIR / f"{name}.txt"
+    args = ["py-spy", "record", "--gil", "-p", str(pid), "-f", "raw", "-d", str(seconds)]
+    PROFILERS.append(
+        subprocess.Popen(
+            [*args, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    )
+
+
+def collect(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
+    """Sum of the processes' windows. Latency percentiles: p50 the mean of the processes',
+    p99 and max the largest (the subscribers are alike, so they differ little)."""
+    parts = [json.loads(p.communicate()[0]) for p in procs]
+    delivered_per_s = sum(r["delivered_per_s"] for r in parts)
+    window = parts[0]["window_s"]
+    cpu = parts[0]["server_cpu_s"]
+    client_cpu = sum(r["client_window_cpu_s"] for r in parts)
+    timed = [r for r in parts if r["events_timed"]]
+    return {
+        "subscribers": sum(r["subscribers"] for r in parts),
+        "joined": sum(r["joined"] for r in parts),
+        "delivered": sum(r["delivered"] for r in parts),
+        "delivered_per_s": delivered_per_s,
+        "mean_bytes": statistics.fmean(r["mean_bytes"] for r in parts),
+        "server_cores": cpu / window,
+        "server_cpu_us_per_delivered": 1e6 * cpu / max(1.0, delivered_per_s * window),
+        "client_cores": client_cpu / window,
+        "cut_off": sum(r["cut_off"] for r in parts),
+        "events_timed": sum(r["events_timed"] for r in parts),
+        "p50_ms": statistics.fmean(r["p50_ms"] for r in timed) if timed else float("nan"),
+        "p99_ms": max((r["p99_ms"] for r in timed), default=float("nan")),
+        "max_ms": max((r["max_ms"] for r in timed), default=float("nan")),
+    }
+
+
+def probe_events(address: str, key: str, session_id: str) -> list[pb.RunEvent]:
+    """The events of a session (one finished run): its history, read until the stream idles."""
+    out: list[pb.RunEvent] = []
+    with grpc.insecure_channel(address) as channel:
+        call = ss_grpc.SessionServiceStub(channel).WatchSession(
+            ss.WatchSessionRequest(session_id=session_id, after_seq=0),
+            metadata=(("api-key", key),),
+            timeout=1.5,
+        )
+        try:
+            for event in call:
+                out.append(event)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise
+    return out
+
+
+def message_count(address: str, key: str, session_id: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        got = ss_grpc.SessionServiceStub(channel).GetSession(
+            ss.GetSessionRequest(id=session_id), metadata=(("api-key", key),)
+        )
+        return len(got.messages)
+
+
+def w3_flowsvc(
+    work: Path, tag: str, env: dict[str, str], seconds: float, rate: float
+) -> dict[str, Any]:
+    """200 WatchSession subscribers on one session (one run in it before they join), then
+    chain5 runs on it back to back (rate 0) or started `rate` times a second."""
+    server = Server(work / f"w3-{tag}.db", env=env)
+    try:
+        key = server.key()
+        chain = make_flow(server.address, key, CHAIN5)
+        first = one_run(server.address, key, chain)
+        procs = subscribers(
+            "w3-watch", server.address, seconds, server.proc.pid, key=key, session=first.session_id
+        )
+        args = [PY, str(HERE / "load.py"), "w3-drive", "--target", server.address, "--key", key]
+        args += ["--flow", chain, "--session", first.session_id, "--seconds", str(seconds + 2)]
+        args += ["--rate", str(rate)]
+        driver = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        time.sleep(1.0)  # the driver's process starts and its runs flow
+        go(procs, server.proc.pid, f"w3-{tag}")
+        peak = [rss_mib(server.proc.pid)]
+        while driver.poll() is None:
+            peak.append(rss_mib(server.proc.pid))
+            time.sleep(0.5)
+        drive = json.loads(driver.communicate()[0])
+        out = collect(procs)
+        out.update(
+            {
+                "env": env,
+                "driver_runs_per_s": drive["per_second"],
+                "driver_runs": drive["calls"],
+                "driver_errors": drive["errors"],
+                "driver_rate": rate,
+                "session_messages_after": message_count(server.address, key, first.session_id),
+                "server_peak_rss_mib": max(peak),
+                "hub_cut_off_log": _cut_off_lines(server),
+            }
+        )
+        return out
+    finally:
+        server.stop()
+
+
+def _cut_off_lines(server: Server) -> int:
+    server.log.flush()
+    try:
+        return server.log_path.read_text(errors="replace").count("subscriber_queue")
+    except FileNotFoundError:
+        return 0
+
+
+def w3(work: Path, echo: Echo, seconds: float) -> dict[str, Any]:
+    # The size of flowsvc's events: one chain5 run's, as WatchSession carries them.
+    probe = Server(work / "w3-probe.db")
+    try:
+        key = probe.key()
+        run = one_run(probe.address, key, make_flow(probe.address, key, CHAIN5))
+        events = probe_events(probe.address, key, run.session_id)
+    finally:
+        probe.stop()
+    sizes = [e.ByteSize() for e in events]
+    size = round(statistics.fmean(sizes))
+    # The baseline: the bare stream, the same subscribers, messages of that size.
+    procs = subscribers("stream-watch", echo.address, seconds, echo.proc.pid, size=size)
+    go(procs, echo.proc.pid, "w3-bare")
+    bare = collect(procs)
+    # flowsvc, as fast as the subscribers read: one session must not reach its message cap
+    # (runs back to back on it for seconds + 3 s) nor cut subscribers off for falling behind
+    # (the runs are produced faster than 200 subscribers can be sent them): both raised.
+    fast_env = {
+        "FLOWSVC_MAX_MESSAGES_PER_SESSION": "1000000",
+        "FLOWSVC_SUBSCRIBER_QUEUE": "1000000",
+    }
+    fast = w3_flowsvc(work, "fast", fast_env, seconds, 0)
+    # Paced: runs started at a fixed rate such that the deliveries are a quarter of the bare
+    # stream's ceiling; default settings unless the session would near its message cap.
+    # Live, a run also sends deltas (no seq, not replayed): its deliveries per subscriber are
+    # counted from the unpaced run (all received ÷ those with a seq, times the seq'd ones).
+    live_per_run = len(events) * fast["delivered"] / max(1, fast["events_timed"])
+    rate = 0.25 * bare["delivered_per_s"] / W3_SUBSCRIBERS / live_per_run
+    paced_env: dict[str, str] = {}
+    if 2 * rate * (seconds + 4) + 2 > 0.9 * 1000:
+        paced_env["FLOWSVC_MAX_MESSAGES_PER_SESSION"] = "1000000"
+    paced = w3_flowsvc(work, "paced", paced_env, seconds, rate)
+    return {
+        "event_bytes_mean": size,
+        "event_bytes_min_max": [min(sizes), max(sizes)],
+        "events_per_run": len(events),
+        "live_events_per_run": live_per_run,
+        "bare": bare,
+        "fast": fast,
+        "paced": paced,
+        "efficiency": fast["delivered_per_s"] / bare["delivered_per_s"],
+        "cpu_per_delivered_ratio": fast["server_cpu_us_per_delivered"]
+        / bare["server_cpu_us_per_delivered"],
+        "paced_fraction_of_bare": paced["delivered_per_s"] / bare["delivered_per_s"],
+    }
+
+
+W6_PREPARE_RUNS = 450
+W6_RUNS = 40  # measured runs per caller, per measurement (two of each kind, alternating)
+
+
+def w6(work: Path) -> dict[str, Any]:
+    """RunFlow on sessions that hold ~900 messages vs on new ones; 16 callers, each on its own
+    session. The message cap is raised so that the long sessions can take 450 runs and more."""
+    env = {"FLOWSVC_MAX_MESSAGES_PER_SESSION": "100000"}
+    server = Server(work / "w6.db", env=env)
+    pid = server.proc.pid
+    try:
+        key = server.key()
+        chain = make_flow(server.address, key, CHAIN5)
+        common = {"key": key, "flow": chain, "concurrency": 16, "pid": pid}
+        started = time.perf_counter()
+        prep = load("w6", server.address, runs=W6_PREPARE_RUNS, mode="prepare", **common)
+        prepare_s = time.perf_counter() - started
+        long_sessions = ",".join(prep["sessions"])
+        short = load("w6", server.address, runs=1, mode="prepare", **common)
+        short_sessions = ",".join(short["sessions"])
+        before = message_count(server.address, key, prep["sessions"][0])
+        kinds = {
+            "new": {"mode": "new"},
+            "long": {"mode": "given", "session": long_sessions},
+            "short": {"mode": "given", "session": short_sessions},
+        }
+        per: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        for order in (("new", "long", "short"), ("short", "long", "new")):
+            for kind in order:
+                if len(per[kind]) == 0:
+                    profile(pid, f"w6-{kind}", 3)
+                per[kind].append(load("w6", server.address, runs=W6_RUNS, **common, **kinds[kind]))
+        after = message_count(server.address, key, prep["sessions"][0])
+    finally:
+        server.stop()
+
+    def total(kind: str, field: str) -> float:
+        return sum(r[field] for r in per[kind])
+
+    out: dict[str, Any] = {"env": env, "prepare_runs": prep["calls"], "prepare_s": prepare_s}
+    out["prepare_errors"] = prep["errors"] + short["errors"]
+    out["long_messages_before_after"] = [before, after]
+    for kind in kinds:
+        runs = total(kind, "calls")
+        out[kind] = {
+            "runs": runs,
+            "errors": total(kind, "errors"),
+            "cpu_ms_per_run": 1000 * total(kind, "server_cpu_s") / max(1, runs),
+            "runs_per_s": runs / total(kind, "seconds"),
+            "p50_ms": statistics.median(r["p50_ms"] for r in per[kind]),
+            "p99_ms": max(r["p99_ms"] for r in per[kind]),
+        }
+    out["long_over_new"] = out["long"]["cpu_ms_per_run"] / out["new"]["cpu_ms_per_run"]
+    out["long_over_short"] = out["long"]["cpu_ms_per_run"] / out["short"]["cpu_ms_per_run"]
+    out["rounds"] = per
+    return out
+
+
+class OtlpCollector:
+    """A loopback OTLP/HTTP trace collector: POST /v1/traces answered 200 with an empty
+    ExportTraceServiceResponse; counts the spans it receives."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans = 0
+        self.requests = 0
+        collector = self
+        empty = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path == "/v1/traces":
+                    req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+                    collector.requests += 1
+                    collector.spans += sum(
+                        len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans
+                    )
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-protobuf")
+                    self.send_header("Content-Length", str(len(empty)))
+                    self.end_headers()
+                    self.wfile.write(empty)
+                else:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+        class HttpServer(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self._server = HttpServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+
+
+def w1_config(
+    work: Path, tag: str, env: dict[str, str], seconds: float, collector: OtlpCollector | None
+) -> dict[str, Any]:
+    """W1 at 16 callers on a fresh server with `env`: 2 s warm-up, then `seconds`; the
+    server's CPU over the load's own window."""
+    server = Server(work / f"{tag}.db", env=env)
+    try:
+        key = server.key()
+        flow = make_flow(server.address, key, CHAIN5)
+        load("w1", server.address, key=key, flow=flow, concurrency=16, seconds=2)
+        spans0 = collector.spans if collector else 0
+        if tag.endswith("-0"):
+            profile(server.proc.pid, tag)
+        res = load(
+            "w1",
+            server.address,
+            key=key,
+            flow=flow,
+            concurrency=16,
+            seconds=seconds,
+            pid=server.proc.pid,
+        )
+        runs = max(1, res["calls"])
+        out = {
+            "env": env,
+            "runs_per_s": res["per_second"],
+            "p50_ms": res["p50_ms"],
+            "p99_ms": res["p99_ms"],
+            "runs": res["calls"],
+            "errors": res["errors"],
+            "cpu_ms_per_run": 1000 * res["server_cpu_s"] / runs,
+            "server_cores": res["server_cpu_s"] / res["seconds"],
+        }
+        if collector:
+            time.sleep(6)  # the batch span processor exports every 5 s
+            out["spans_per_run"] = (collector.spans - spans0) / runs
+            metrics_at = env.get("FLOWSVC_METRICS_LISTEN")
+            if metrics_at:
+                import urllib.request
+
+                with urllib.request.urlopen(f"http://{metrics_at}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                out["metrics_series"] = sum(
+                    1 for line in text.splitlines() if line and not line.startswith("#")
+                )
+        log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+        out["log_lines_per_run"] = len(log.splitlines()) / max(1, runs + 2)
+        return out
+    finally:
+        server.stop()
+
+
+def telemetry_and_logs(
+    work: Path, seconds: float, rounds: int, tel: bool, logs: bool
+) -> dict[str, Any]:
+    """W1 at 16 callers, in the same rounds: at the defaults (INFO, no metrics, no tracing);
+    with metrics and OTLP tracing on; at log level WARNING. Order reversed every other round."""
+    collector = OtlpCollector() if tel else None
+    kinds: dict[str, dict[str, str]] = {"base": {}}
+    if tel and collector:
+        kinds["telemetry"] = {
+            "FLOWSVC_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        }
+    if logs:
+        kinds["warning"] = {"FLOWSVC_LOG_LEVEL": "WARNING"}
+    per: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    try:
+        for n in range(rounds):
+            order = list(kinds) if n % 2 == 0 else list(reversed(kinds))
+            for kind in order:
+                env = dict(kinds[kind])
+                if "FLOWSVC_METRICS_LISTEN" in env:
+                    env["FLOWSVC_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
+                c = collector if kind == "telemetry" else None
+                per[kind].append(w1_config(work, f"w1-{kind}-{n}", env, seconds, c))
+    finally:
+        if collector:
+            collector.close()
+
+    def summary(kind: str) -> dict[str, Any]:
+        rows = per[kind]
+        return {
+            k: statistics.median(r[k] for r in rows)
+            for k, v in rows[0].items()
+            if isinstance(v, int | float)
+        } | {"env": kinds[kind]}
+
+    def ratio(kind: str, field: str) -> float:
+        return statistics.median(
+            r[field] / b[field] for r, b in zip(per[kind], per["base"], strict=True)
+        )
+
+    out: dict[str, Any] = {"rounds": per}
+    out.update({k: summary(k) for k in kinds})
+    if "telemetry" in kinds:
+        out["telemetry_runs_ratio"] = ratio("telemetry", "runs_per_s")
+        out["telemetry_cpu_ratio"] = ratio("telemetry", "cpu_ms_per_run")
+    if "warning" in kinds:
+        out["info_over_warning_cpu"] = 1 / ratio("warning", "cpu_ms_per_run")
+        out["warning_runs_ratio"] = ratio("warning", "runs_per_s")
+    return out
+
+
 def table(r: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str, str, str]] = []
     if r.get("w1"):
@@ -829,15 +1216,87 @@ def table(r: dict[str, Any]) -> str:
         )
     if r.get("w3"):
         w3 = r["w3"]
+        bare, fast, paced = w3["bare"], w3["fast"], w3["paced"]
         rows.append(
             (
-                "W3 200 subscribers, chain5 back to back",
-                f"{w3['events_received']} events",
-                f"delivery p50 {w3['p50_ms']:.1f} ms, p99 {w3['p99_ms']:.1f} ms",
-                f"{w3['runs_per_s']:.0f} runs/s, cut off {w3['cut_off']}",
-                f"peak RSS {w3['server_peak_rss_mib']:.0f} MiB",
+                f"W3 bare grpc.aio stream, 200 subscribers, {w3['event_bytes_mean']} B",
+                f"{bare['delivered_per_s']:.0f} msgs/s",
+                "",
+                f"{bare['server_cpu_us_per_delivered']:.1f} us CPU/msg,"
+                f" {bare['server_cores']:.2f} cores",
+                "baseline",
             )
         )
+        rows.append(
+            (
+                "W3 200 WatchSession, chain5 back to back",
+                f"{fast['delivered_per_s']:.0f} events/s",
+                f"delivery p50 {fast['p50_ms']:.1f} ms, p99 {fast['p99_ms']:.1f} ms",
+                f"{fast['server_cpu_us_per_delivered']:.1f} us CPU/event,"
+                f" {fast['driver_runs_per_s']:.0f} runs/s, cut off {fast['cut_off']}",
+                f"{w3['efficiency']:.2f}x bare (target >= 0.70)",
+            )
+        )
+        rows.append(
+            (
+                f"W3 paced {paced['driver_rate']:.1f} runs/s (0.25x bare)",
+                f"{paced['delivered_per_s']:.0f} events/s",
+                f"delivery p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms",
+                f"{paced['server_cpu_us_per_delivered']:.1f} us CPU/event,"
+                f" cut off {paced['cut_off']}, driver errors {paced['driver_errors']}",
+                "p99 target < 50 ms",
+            )
+        )
+    if r.get("w6"):
+        w6r = r["w6"]
+        for kind, label in (
+            ("new", "new sessions"),
+            ("short", "sessions of ~2-160 msgs"),
+            ("long", "sessions of ~900 msgs"),
+        ):
+            w = w6r[kind]
+            ratio = ""
+            if kind == "long":
+                ratio = (
+                    f"{w6r['long_over_new']:.2f}x new, {w6r['long_over_short']:.2f}x short"
+                    " (target <= 1.2)"
+                )
+            rows.append(
+                (
+                    f"W6 RunFlow chain5, 16 callers, {label}",
+                    f"{w['runs_per_s']:.0f} runs/s",
+                    f"p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms",
+                    f"{w['cpu_ms_per_run']:.2f} ms CPU/run",
+                    ratio,
+                )
+            )
+    if r.get("wtel_wlog"):
+        t = r["wtel_wlog"]
+        labels = {
+            "base": ("defaults (INFO, no metrics/tracing)", "baseline"),
+            "telemetry": (
+                "metrics + OTLP tracing on",
+                f"{t.get('telemetry_runs_ratio', 0):.2f}x runs/s,"
+                f" {t.get('telemetry_cpu_ratio', 0):.2f}x CPU (target runs >= 0.90)",
+            ),
+            "warning": (
+                "log level WARNING",
+                f"INFO/WARNING CPU {t.get('info_over_warning_cpu', 0):.3f}x (target <= 1.03)",
+            ),
+        }
+        for kind, (label, ratio) in labels.items():
+            if kind not in t:
+                continue
+            w = t[kind]
+            rows.append(
+                (
+                    f"W1 16 callers, {label}",
+                    f"{w['runs_per_s']:.0f} runs/s",
+                    f"p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms",
+                    f"{w['cpu_ms_per_run']:.2f} ms CPU/run",
+                    ratio,
+                )
+            )
     if r.get("w4"):
         w4 = r["w4"]
         for name, label in (("get", "GetSession"), ("list", "ListSessions")):

@@ -242,3 +242,45 @@ def test_a_subscriber_that_never_reads_does_not_hold_runs_back_and_is_cut_off(
         32,
     )
     assert [e.seq for e in resumed] == list(range(701, 733))
+
+
+def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_resume(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    # A queue that never overflows here: only the write deadline can end the stream.
+    server = InProcessServer(
+        Settings(
+            listen="127.0.0.1:0",
+            database_url=url,
+            subscriber_queue=1_000_000,
+            stream_write_timeout=0.5,
+        )
+    )
+    c = connect(
+        server.address, bearer(mint_key(url, "acme")), options=[("grpc.http2.bdp_probe", 0)]
+    )
+    try:
+        flow = c.flows.CreateLiveFlow(create_request())
+        first = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
+        stalled = c.sessions.WatchSession(
+            ss.WatchSessionRequest(session_id=first.session_id, after_seq=5)
+        )
+        for _ in range(60):  # far more than the 64 KiB window the client never opens
+            c.runs.RunFlow(
+                fr.RunFlowRequest(
+                    flow_id=flow.id,
+                    body=QUESTION,
+                    options=pb.RunOptions(session_id=first.session_id),
+                )
+            )
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stalled:
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = info.value.details() or ""
+        assert "stopped reading" in details
+        assert int(details.rsplit("after_seq=", 1)[1]) >= 5
+    finally:
+        c.close()
+        server.stop()

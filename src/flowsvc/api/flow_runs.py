@@ -44,7 +44,7 @@ class FlowRunServicer(svc_grpc.FlowRunServiceServicer):
         events = self._runs.watch_run(
             current_principal().organisation_id, request.run_id, request.after_seq
         )
-        await send_events(context, events, self._write_timeout)
+        await send_events(context, events, self._write_timeout, request.after_seq)
 
     async def GetFlowRun(self, request: svc.GetFlowRunRequest, context: Context) -> pb.FlowRun:
         return run_to_pb(await self._runs.get_run(current_principal().organisation_id, request.id))

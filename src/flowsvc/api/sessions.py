@@ -101,4 +101,4 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
         events = self._sessions.watch(
             current_principal().organisation_id, request.session_id, request.after_seq
         )
-        await send_events(context, events, self._write_timeout)
+        await send_events(context, events, self._write_timeout, request.after_seq)

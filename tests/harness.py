@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 
-from flowsvc.api.server import FlowServer, create_server
+from flowsvc.api.server import FlowServer
+from flowsvc.app import create_server
 from flowsvc.config import Settings, normalize_database_url
 from flowsvc.domain.keys import Keys
 from flowsvc.store.database import Database

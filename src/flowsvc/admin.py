@@ -15,7 +15,7 @@ from typing import TypeVar
 from sqlalchemy import make_url
 
 from flowsvc import logs
-from flowsvc.api.server import serve
+from flowsvc.app import serve
 from flowsvc.config import Settings, normalize_database_url
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.ids import now

@@ -11,8 +11,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowsvc.domain import evals, model, runs
 from flowsvc.domain.errors import InvalidArgument
-from flowsvc.domain.flow_runs import RunOptions
 from flowsvc.domain.ids import new_id
+from flowsvc.domain.run_requests import RunOptions
 from flowsvc.v1 import resources_pb2 as pb
 
 _STEP_TYPE_TO_PB = {t: pb.StepType.Value(f"STEP_TYPE_{t.value}") for t in model.StepType}

@@ -16,7 +16,7 @@ from flowsvc.api.convert import (
     timestamp,
 )
 from flowsvc.api.guard import current_principal
-from flowsvc.domain.flow_runs import RunOptions
+from flowsvc.domain.run_requests import RunOptions
 from flowsvc.domain.schedules import CatchUp, Overlap, Schedule, Schedules
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import schedule_service_pb2 as svc

@@ -15,7 +15,7 @@ from flowsvc.api.convert import (
 )
 from flowsvc.api.guard import current_principal
 from flowsvc.api.streaming import send_events
-from flowsvc.domain.flow_runs import NewSession
+from flowsvc.domain.run_requests import NewSession
 from flowsvc.domain.sessions import Sessions, SessionView
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as svc

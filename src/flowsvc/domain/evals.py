@@ -200,7 +200,7 @@ class Evaluations:
         assert self._runs is not None
         if result.done:
             return
-        from flowsvc.domain.flow_runs import RunOptions
+        from flowsvc.domain.run_requests import RunOptions
 
         try:
             evaluated = None

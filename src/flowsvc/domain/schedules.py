@@ -10,18 +10,13 @@ from typing import Any, Protocol
 
 from flowsvc.domain.cron import Cron, CronError, interval_next_after, zone_of
 from flowsvc.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
-from flowsvc.domain.flow_runs import (
-    FlowRuns,
-    RunOptions,
-    check_inputs,
-    check_json_size,
-    check_overrides,
-)
+from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.idempotency import request_digest
 from flowsvc.domain.ids import new_id, require_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.paging import Listed, Page, listed, parse_page
+from flowsvc.domain.run_requests import RunOptions, check_inputs, check_json_size, check_overrides
 from flowsvc.domain.runs import FlowRun
 
 MAX_INTERVAL = 366 * 86_400

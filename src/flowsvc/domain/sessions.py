@@ -20,15 +20,7 @@ from flowsvc.domain.errors import (
     NotFound,
     RequestIdTaken,
 )
-from flowsvc.domain.flow_runs import (
-    MAX_EXPIRATION,
-    MIN_EXPIRATION,
-    FlowRuns,
-    NewSession,
-    RunOptions,
-    check_inputs,
-    check_json_size,
-)
+from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import MAX_REQUEST_ID_CHARS
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.idempotency import request_digest
@@ -37,6 +29,14 @@ from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion
 from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, Leases, RunStore
+from flowsvc.domain.run_requests import (
+    MAX_EXPIRATION,
+    MIN_EXPIRATION,
+    NewSession,
+    RunOptions,
+    check_inputs,
+    check_json_size,
+)
 from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
 from flowsvc.domain.watch import follow
 

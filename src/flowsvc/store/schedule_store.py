@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from flowsvc.domain.flow_runs import RunOptions
 from flowsvc.domain.paging import Page
+from flowsvc.domain.run_requests import RunOptions
 from flowsvc.domain.runs import RunStatus
 from flowsvc.domain.schedules import CatchUp, Overlap, Schedule
 from flowsvc.store.database import Database, now_ms_sql

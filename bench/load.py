@@ -368,8 +368,10 @@ async def w6(channel: grpc.aio.Channel, metadata: Any, args: argparse.Namespace)
             except grpc.aio.AioRpcError as err:
                 errors.append(f"{err.code().name}: {err.details()}")
                 continue
+            if run.status != pb.RUN_STATUS_COMPLETE:
+                errors.append(f"run {pb.RunStatus.Name(run.status)}: {run.error}")
+                continue
             latencies.append(time.perf_counter() - started)
-            assert run.status == pb.RUN_STATUS_COMPLETE, run.error
             if args.mode == "prepare" and not session:
                 session = run.session_id
                 made.append(session)

@@ -205,6 +205,10 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     RUN_EVENT_TYPE_RUN_CANCELLED: _RunEventType.ValueType  # 9
     RUN_EVENT_TYPE_EVAL_COMPLETED: _RunEventType.ValueType  # 10
     """The run's evaluation job finished; carries the EvalJob. Persisted, after RUN_COMPLETED."""
+    RUN_EVENT_TYPE_RUN_ROLLED_BACK: _RunEventType.ValueType  # 11
+    """A run cancelled by MULTITASK_STRATEGY_ROLLBACK: its steps and costs were removed from the
+    session (its events stay in the log). Follows its RUN_CANCELLED; carries the run.
+    """
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper): ...
 
@@ -221,7 +225,51 @@ RUN_EVENT_TYPE_RUN_FAILED: RunEventType.ValueType  # 8
 RUN_EVENT_TYPE_RUN_CANCELLED: RunEventType.ValueType  # 9
 RUN_EVENT_TYPE_EVAL_COMPLETED: RunEventType.ValueType  # 10
 """The run's evaluation job finished; carries the EvalJob. Persisted, after RUN_COMPLETED."""
+RUN_EVENT_TYPE_RUN_ROLLED_BACK: RunEventType.ValueType  # 11
+"""A run cancelled by MULTITASK_STRATEGY_ROLLBACK: its steps and costs were removed from the
+session (its events stay in the log). Follows its RUN_CANCELLED; carries the run.
+"""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
+
+class _MultitaskStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MultitaskStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MultitaskStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MULTITASK_STRATEGY_UNSPECIFIED: _MultitaskStrategy.ValueType  # 0
+    """ENQUEUE."""
+    MULTITASK_STRATEGY_ENQUEUE: _MultitaskStrategy.ValueType  # 1
+    """Wait for the runs before it, in order (the default)."""
+    MULTITASK_STRATEGY_REJECT: _MultitaskStrategy.ValueType  # 2
+    """Refuse with ABORTED (what no_wait does)."""
+    MULTITASK_STRATEGY_INTERRUPT: _MultitaskStrategy.ValueType  # 3
+    """Cancel the session's runs going, as CancelFlowRun does (their completed steps stay),
+    then run at once.
+    """
+    MULTITASK_STRATEGY_ROLLBACK: _MultitaskStrategy.ValueType  # 4
+    """Cancel them and remove their steps and costs from the session as if they never ran
+    (their events stay in the log, each followed by RUN_EVENT_TYPE_RUN_ROLLED_BACK); then run.
+    """
+
+class MultitaskStrategy(_MultitaskStrategy, metaclass=_MultitaskStrategyEnumTypeWrapper):
+    """What a run sent to a session that is running another run does."""
+
+MULTITASK_STRATEGY_UNSPECIFIED: MultitaskStrategy.ValueType  # 0
+"""ENQUEUE."""
+MULTITASK_STRATEGY_ENQUEUE: MultitaskStrategy.ValueType  # 1
+"""Wait for the runs before it, in order (the default)."""
+MULTITASK_STRATEGY_REJECT: MultitaskStrategy.ValueType  # 2
+"""Refuse with ABORTED (what no_wait does)."""
+MULTITASK_STRATEGY_INTERRUPT: MultitaskStrategy.ValueType  # 3
+"""Cancel the session's runs going, as CancelFlowRun does (their completed steps stay),
+then run at once.
+"""
+MULTITASK_STRATEGY_ROLLBACK: MultitaskStrategy.ValueType  # 4
+"""Cancel them and remove their steps and costs from the session as if they never ran
+(their events stay in the log, each followed by RUN_EVENT_TYPE_RUN_ROLLED_BACK); then run.
+"""
+Global___MultitaskStrategy: _TypeAlias = MultitaskStrategy  # noqa: Y015
 
 class _LiveFlowView:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -1032,17 +1080,22 @@ class RunOptions(_message.Message):
     EVAL_OPTIONS_FIELD_NUMBER: _builtins.int
     NO_WAIT_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Continue this session and its memory; empty starts a new session."""
     version: _builtins.int
     """Pin a published version; 0 means the flow's current version."""
     no_wait: _builtins.bool
-    """Refuse with ABORTED instead of waiting when the session is running another run."""
+    """Refuse with ABORTED instead of waiting when the session is running another run: the same
+    as multitask_strategy MULTITASK_STRATEGY_REJECT.
+    """
     webhook_url: _builtins.str
     """POSTed once when the run completes, fails or is cancelled (types run.completed,
     run.failed, run.cancelled), signed with the organisation's webhook secret (see README).
     Must be on the server's HTTP allow-list.
     """
+    multitask_strategy: Global___MultitaskStrategy.ValueType
+    """When the session is running another run (see MultitaskStrategy); ENQUEUE by default."""
     @_builtins.property
     def override(self) -> _struct_pb2.Struct:
         """Per-step settings for this run only, keyed "step_name.property"."""
@@ -1058,10 +1111,11 @@ class RunOptions(_message.Message):
         eval_options: Global___EvalOptions | None = ...,
         no_wait: _builtins.bool = ...,
         webhook_url: _builtins.str = ...,
+        multitask_strategy: Global___MultitaskStrategy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "override", b"override"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "no_wait", b"no_wait", "override", b"override", "session_id", b"session_id", "version", b"version", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_options", b"eval_options", "multitask_strategy", b"multitask_strategy", "no_wait", b"no_wait", "override", b"override", "session_id", b"session_id", "version", b"version", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from flowsvc.domain import evals, model, runs
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.ids import new_id
-from flowsvc.domain.run_requests import RunOptions
+from flowsvc.domain.run_requests import MultitaskStrategy, RunOptions
 from flowsvc.v1 import resources_pb2 as pb
 
 _STEP_TYPE_TO_PB = {t: pb.StepType.Value(f"STEP_TYPE_{t.value}") for t in model.StepType}
@@ -263,8 +263,23 @@ def run_options_from_pb(o: pb.RunOptions) -> RunOptions:
         override=struct_to_dict(o.override),
         eval_options=json_format.MessageToDict(o.eval_options, preserving_proto_field_name=True),
         no_wait=o.no_wait,
+        multitask=_multitask(o),
         webhook_url=o.webhook_url,
     )
+
+
+def _multitask(o: pb.RunOptions) -> MultitaskStrategy:
+    known_enum(o.multitask_strategy, pb.MultitaskStrategy, "options.multitask_strategy")
+    if o.multitask_strategy == pb.MULTITASK_STRATEGY_UNSPECIFIED:
+        return MultitaskStrategy.REJECT if o.no_wait else MultitaskStrategy.ENQUEUE
+    strategy = MultitaskStrategy(
+        pb.MultitaskStrategy.Name(o.multitask_strategy).removeprefix("MULTITASK_STRATEGY_")
+    )
+    if o.no_wait and strategy is not MultitaskStrategy.REJECT:
+        raise InvalidArgument.one(
+            "options.no_wait", f"contradicts multitask_strategy {strategy.value}"
+        )
+    return strategy
 
 
 def message_to_pb(

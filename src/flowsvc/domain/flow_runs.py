@@ -30,6 +30,7 @@ from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.run_requests import (
     DEFAULT_EXPIRATION,
+    MultitaskStrategy,
     NewSession,
     RunOptions,
     Started,
@@ -337,12 +338,15 @@ class FlowRuns:
         run.request_digest = digest
         # The run is durable (QUEUED) before anything runs it; whichever replica holds the
         # session runs it in its turn.
-        try:
-            queued = await self._leases.insert_queued_run(run, only_if_idle=options.no_wait)
-        except RequestIdTaken:
-            raise
-        if not queued:
-            raise Aborted("the session is running another run and options.no_wait is set")
+        strategy = options.multitask
+        if strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
+            await self._interrupt(org, session.id, rollback=strategy is MultitaskStrategy.ROLLBACK)
+        reject = strategy is MultitaskStrategy.REJECT
+        if not await self._leases.insert_queued_run(run, only_if_idle=reject):
+            raise Aborted(
+                "the session is running another run and multitask_strategy is REJECT "
+                "(or no_wait is set)"
+            )
         await self._engine.schedule(org, session.id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -473,6 +477,20 @@ class FlowRuns:
             return
         async with self._engine.session_state(org, run.session_id) as state:
             await self._engine.cancel_run(state, run.id)
+
+    async def _interrupt(self, org: str, session_id: str, *, rollback: bool) -> None:
+        """INTERRUPT / ROLLBACK: the session's runs going are cancelled (wherever they run);
+        with rollback, those that ended cancelled leave the session as if they never ran."""
+        going = await self._leases.active_runs(session_id)
+        for run in going:
+            with contextlib.suppress(NotFound):
+                await self.stop_run(run)
+        if rollback and going:
+            async with self._engine.session_state(
+                org, session_id, wait=self._engine.sessions.lease_seconds * 1.5
+            ) as state:
+                for run in going:
+                    await self._engine.rollback_run(state, run.id)
 
     async def stop_flow_runs(self, org: str, flow_id: str) -> None:
         """DeleteLiveFlow: the flow's runs in flight are cancelled first, on any replica."""

@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from flowsvc.domain.errors import (
@@ -33,6 +34,15 @@ DEFAULT_EXPIRATION = 86_400
 MIN_EXPIRATION, MAX_EXPIRATION = 60, 2_592_000
 
 
+class MultitaskStrategy(StrEnum):
+    """What a run sent to a session that is running another run does."""
+
+    ENQUEUE = "ENQUEUE"  # wait for the runs before it, in order
+    REJECT = "REJECT"  # ABORTED (what no_wait does)
+    INTERRUPT = "INTERRUPT"  # cancel the runs going (their steps stay), then run
+    ROLLBACK = "ROLLBACK"  # cancel them and remove their steps and costs, then run
+
+
 @dataclass
 class RunOptions:
     session_id: str = ""
@@ -40,6 +50,7 @@ class RunOptions:
     override: dict[str, Any] = field(default_factory=dict)
     eval_options: dict[str, Any] = field(default_factory=dict)
     no_wait: bool = False
+    multitask: MultitaskStrategy = MultitaskStrategy.ENQUEUE
     # A one-off callback on the run's end (checked against the allow-list by the API).
     webhook_url: str = ""
     # Set by schedules only: the schedule and tick the run is for.

@@ -59,6 +59,7 @@ class EventType(StrEnum):
     RUN_FAILED = "RUN_FAILED"
     RUN_CANCELLED = "RUN_CANCELLED"
     EVAL_COMPLETED = "EVAL_COMPLETED"
+    RUN_ROLLED_BACK = "RUN_ROLLED_BACK"
 
     @property
     def ends_run_stream(self) -> bool:
@@ -244,3 +245,5 @@ class Journal:
     epoch: int = 0
     # Give the session's lease up once this commits.
     release: bool = False
+    # Steps removed from the session (a rolled-back run's).
+    deleted_steps: list[str] = field(default_factory=list)

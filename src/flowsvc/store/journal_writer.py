@@ -71,6 +71,7 @@ class _Rows:
     events: list[tuple[RunEvent, dict[str, Any]]] = field(default_factory=list)
     release: tuple[str, int] | None = None
     session: Session | None = None
+    deleted_steps: list[str] = field(default_factory=list)
 
     @classmethod
     def of(cls, journal: Journal, owner_id: str) -> _Rows:
@@ -100,6 +101,7 @@ class _Rows:
             if journal.release and journal.session is not None
             else None,
             session=journal.session,
+            deleted_steps=list(journal.deleted_steps),
         )
 
 
@@ -291,6 +293,7 @@ class JournalWriter:
         inserts, updates = _merge(batch)
         new_events = [pair for rows in batch for pair in rows.events]
         releases = [rows.release for rows in batch if rows.release is not None]
+        deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
         requeue: list[str] = []
 
         def write(conn: Connection) -> None:
@@ -302,6 +305,11 @@ class JournalWriter:
                 self._insert_sql["events"].insert(conn, [r for _, r in new_events])
                 for hook in self.in_commit:
                     hook(conn, [r for _, r in new_events])
+            if deleted_steps:
+                marks = ", ".join(self._placeholder for _ in deleted_steps)
+                conn.exec_driver_sql(
+                    f"DELETE FROM session_steps WHERE id IN ({marks})", tuple(deleted_steps)
+                )
             for name in ("sessions", "runs", "steps"):
                 if updates[name]:
                     statement = self._update_sql[name]

@@ -7,8 +7,10 @@ import asyncio
 
 from flowsvc.domain.engine.journal import TERMINAL_RUN, EngineCore, RunContext
 from flowsvc.domain.engine.session_registry import SessionState
+from flowsvc.domain.engine.steps import effective_llm
 from flowsvc.domain.errors import FailedPrecondition, LeaseLost, NotFound
-from flowsvc.domain.model import FlowVersion
+from flowsvc.domain.model import FlowVersion, StepType
+from flowsvc.domain.providers import DEFAULT_MODEL
 from flowsvc.domain.runs import (
     EventType,
     FlowRun,
@@ -184,6 +186,45 @@ class SessionOperations(EngineCore):
             await self._record(Journal(events=[event]))
         except LeaseLost:
             return  # the session was deleted meanwhile
+
+    async def rollback_run(self, state: SessionState, run_id: str) -> None:
+        """Remove a cancelled run's steps and costs from the session, as if it never ran
+        (a cancelled run added no messages); RUN_ROLLED_BACK follows its events."""
+        async with state.lock:
+            session = state.session
+            run = await self._runs.get_run(session.organisation_id, run_id)
+            if run is None or run.status is not RunStatus.CANCELLED:
+                return  # it finished before it could be cancelled: it stays
+            for step in run.steps:
+                session.cost -= step.cost
+                if step.step.step_type is not StepType.LLM:
+                    continue
+                model = effective_llm(step.step, run.override).model or DEFAULT_MODEL
+                for entry in session.costs:
+                    if entry.type == "model" and entry.name == model:
+                        entry.input_tokens -= step.input_tokens
+                        entry.output_tokens -= step.output_tokens
+                        entry.cost -= step.cost
+            session.costs = [c for c in session.costs if c.input_tokens or c.output_tokens]
+            removed = {s.id for s in run.steps}
+            session.steps_count -= len(removed)
+            if session.current_step_id in removed:
+                steps = await self._runs.session_steps(session.id)
+                kept = [s for s in steps if s.id not in removed]
+                session.current_step_id = kept[-1].id if kept else ""
+            session.updated_at = self._clock()
+            rolled_back = run.snapshot()
+            rolled_back.steps = []
+            await self._record(
+                Journal(
+                    session=session,
+                    epoch=state.epoch,
+                    deleted_steps=sorted(removed),
+                    events=[
+                        self._event(state, rolled_back, EventType.RUN_ROLLED_BACK, with_run=True)
+                    ],
+                )
+            )
 
     async def mark_cancelled(self, state: SessionState) -> None:
         """CancelSession with no run to stop still leaves the session CANCELLED."""

@@ -264,13 +264,14 @@ def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_re
         flow = c.flows.CreateLiveFlow(create_request())
         first = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
         stalled = c.sessions.WatchSession(
-            ss.WatchSessionRequest(session_id=first.session_id, after_seq=5)
+            ss.WatchSessionRequest(session_id=first.session_id, after_seq=5), timeout=120
         )
-        for _ in range(60):  # far more than the 64 KiB window the client never opens
-            c.runs.RunFlow(
+        big = struct(question="x" * 50_000)  # each event carries ~50 KB of prompt or result
+        for _ in range(20):  # megabytes: far past what the transport buffers for a client
+            c.runs.RunFlow(  # that never reads
                 fr.RunFlowRequest(
                     flow_id=flow.id,
-                    body=QUESTION,
+                    body=big,
                     options=pb.RunOptions(session_id=first.session_id),
                 )
             )

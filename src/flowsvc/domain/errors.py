@@ -95,7 +95,7 @@ class Unavailable(DomainError):
     reached); the same call can succeed again, here later or on another replica."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(Unavailable):
     """A write named a lease epoch that is no longer the session's: another replica took the
     session over. Not a caller's error: the run that saw it stops without writing more."""
 

@@ -40,6 +40,7 @@ from flowsvc.domain.run_requests import (
 )
 from flowsvc.domain.runs import (
     FlowRun,
+    Journal,
     RunEvent,
     RunStatus,
     Session,
@@ -341,8 +342,10 @@ class FlowRuns:
         strategy = options.multitask
         if strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
             await self._interrupt(org, session.id, rollback=strategy is MultitaskStrategy.ROLLBACK)
-        reject = strategy is MultitaskStrategy.REJECT
-        if not await self._leases.insert_queued_run(run, only_if_idle=reject):
+        if strategy is not MultitaskStrategy.REJECT:
+            # Group-committed with everything else being written: no transaction of its own.
+            await self._runs.record(Journal(new_runs=[run]))
+        elif not await self._leases.insert_queued_run(run, only_if_idle=True):
             raise Aborted(
                 "the session is running another run and multitask_strategy is REJECT "
                 "(or no_wait is set)"

@@ -86,8 +86,8 @@ class Hub:
     def subscriber_count(self, session_id: str) -> int:
         return len(self._subscribers.get(session_id, ()))
 
-    def advance(self, session_id: str, seq: int) -> None:
-        if session_id in self._subscribers and seq > self.positions.get(session_id, 0):
+    def start_at(self, session_id: str, seq: int) -> None:
+        if session_id in self._subscribers and session_id not in self.positions:
             self.positions[session_id] = seq
 
     def subscriber_total(self) -> int:

@@ -54,7 +54,9 @@ async def follow(
                 break
         if run_id and paused:
             return  # it waits for input now: nothing after it is committed
-        hub.advance(session_id, last)
+        # Only a first subscriber sets where this replica's event feed reads on from: moving
+        # it past what earlier subscribers have received would make the feed skip it.
+        hub.start_at(session_id, last)
         if not sub.queue and await stopped():
             # Whatever it sent before stopping is committed: one more read catches events
             # committed between the replay and the check.

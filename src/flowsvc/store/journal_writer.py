@@ -264,30 +264,38 @@ class JournalWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
-                batch = self._pending[:MAX_JOURNALS_PER_COMMIT]
-                del self._pending[:MAX_JOURNALS_PER_COMMIT]
-                try:
-                    await self._commit([rows for rows, _ in batch])
-                except Exception as exc:
-                    if not isinstance(exc, _Fenced):
-                        log.warning("group commit failed; committing journals one by one",
-                                    exc_info=True)
-                    for rows, future in batch:
-                        try:
-                            await self._commit([rows])
-                        except _Fenced:
+            try:
+                await self._write_pending()
+            except Exception:  # the writer must outlive anything one batch does
+                log.exception("journal writer: batch not handled")
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[:MAX_JOURNALS_PER_COMMIT]
+            del self._pending[:MAX_JOURNALS_PER_COMMIT]
+            try:
+                await self._commit([rows for rows, _ in batch])
+            except Exception as exc:
+                if not isinstance(exc, _Fenced):
+                    log.warning("group commit failed; committing journals one by one",
+                                exc_info=True)
+                for rows, future in batch:
+                    try:
+                        await self._commit([rows])
+                    except Exception as one:
+                        if future.done():
+                            continue  # its awaiter went away; the outcome is the row's
+                        if isinstance(one, _Fenced):
                             future.set_exception(LeaseLost("the session's lease was lost"))
-                        except IntegrityError as exc:
-                            # Only request ids are unique beyond primary keys the writer
+                        elif isinstance(one, IntegrityError):
+                            # Only request ids are unique beyond the keys the writer
                             # allocates itself: another request committed this one's id.
-                            future.set_exception(RequestIdTaken(str(exc.orig)))
-                        except Exception as one:
-                            if not future.done():
-                                future.set_exception(one)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                            future.set_exception(RequestIdTaken(str(one.orig)))
+                        else:
+                            future.set_exception(one)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def _commit(self, batch: Sequence[_Rows]) -> None:
         inserts, updates = _merge(batch)

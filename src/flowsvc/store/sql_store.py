@@ -105,6 +105,7 @@ class SqlStore:
         self.db = db
         # Versions are immutable, so a version read once can be served from memory.
         self._versions: dict[str, FlowVersion] = {}
+        self._numbered: dict[tuple[str, int], FlowVersion] = {}
         # Flows are read on every run. This process's own writes invalidate an entry at once;
         # another process sharing the database is seen within FLOW_CACHE_SECONDS.
         self._flows: dict[str, tuple[float, LiveFlow]] = {}
@@ -226,6 +227,8 @@ class SqlStore:
         self._flows.pop(flow_id, None)
         for stale in [k for k, v in self._versions.items() if v.flow_id == flow_id]:
             del self._versions[stale]
+        for gone in [k for k in self._numbered if k[0] == flow_id]:
+            del self._numbered[gone]
         return bool(result.rowcount)
 
     # -- versions ----------------------------------------------------------------------
@@ -277,13 +280,21 @@ class SqlStore:
         )
 
     async def get_version_number(self, org: str, flow_id: str, number: int) -> FlowVersion | None:
-        return await self._one_version(
+        # Versions never change once published: a run on a long session asks for its pinned
+        # number on every turn, so the answer is kept (deleting the flow forgets it).
+        known = self._numbered.get((flow_id, number))
+        if known is not None:
+            return known if known.organisation_id == org else None
+        found = await self._one_version(
             select(versions).where(
                 versions.c.flow_id == flow_id,
                 versions.c.version == number,
                 versions.c.organisation_id == org,
             )
         )
+        if found is not None:
+            self._numbered[(flow_id, number)] = found
+        return found
 
     async def load_versions(
         self, version_ids: set[str], conn: AsyncConnection | None = None

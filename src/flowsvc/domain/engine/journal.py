@@ -190,6 +190,12 @@ class EngineCore:
         )
 
     def _record(self, journal: Journal) -> asyncio.Future[None]:
+        """Hand the journal to the store. The answer is shielded: a caller that is cancelled
+        while it waits cancels its wait, never the commit or what follows it (publishing)."""
+        return asyncio.shield(self._commit(journal))
+
+    def _commit(self, journal: Journal) -> asyncio.Future[None]:
+        """The store's own future for the journal, with what follows its outcome attached."""
         future = self._runs.record(journal)
         events = journal.events
         hub = self._hub
@@ -202,8 +208,12 @@ class EngineCore:
             if failure is None:
                 if events:
                     hub.publish(events)
-            elif isinstance(failure, LeaseLost) and session is not None and not journal.release:
-                self.telemetry.write_fenced()
+            elif session is not None and journal.epoch and not journal.release:
+                # Refused (another replica took the session) or lost (the database went away):
+                # what this replica holds in memory may be ahead of what is committed, so it
+                # lets the session go; its runs resume from committed state on the next claim.
+                if isinstance(failure, LeaseLost):
+                    self.telemetry.write_fenced()
                 state = self.sessions.states.get(session.id)
                 if state is not None and state.epoch == journal.epoch:
                     self.sessions.forget(state)
@@ -249,10 +259,11 @@ class EngineCore:
         ctx.buffered_new_steps, ctx.buffered_steps, ctx.buffered_events = {}, {}, []
         ctx.dirty = False
         ctx.yield_due = True
-        future = self._record(journal)
-        ctx.pending.append(future)
+        future = self._commit(journal)
+        ctx.pending.append(asyncio.shield(future))
         first = ctx.first_commit
         if first is not None and not first.done():
+            # From the store's own future: its outcome, never a waiter's cancellation.
             future.add_done_callback(lambda f: _chain(f, first))
 
     async def _settle(self, ctx: RunContext) -> None:

@@ -25,7 +25,7 @@ from flowsvc.domain.engine.journal import TERMINAL_RUN, RunContext, StepFailure
 from flowsvc.domain.engine.session_ops import SessionOperations
 from flowsvc.domain.engine.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.engine.steps import StepExecution
-from flowsvc.domain.errors import LeaseLost, NotFound
+from flowsvc.domain.errors import LeaseLost, NotFound, Unavailable
 from flowsvc.domain.model import FlowVersion, Step, StepType
 from flowsvc.domain.routing import RoutingError
 from flowsvc.domain.runs import (
@@ -69,6 +69,7 @@ class Engine(SessionOperations, StepExecution):
     def _launch(self, ctx: RunContext) -> None:
         state, run = ctx.state, ctx.run
         state.users += 1
+        self._abandoned.discard(run.id)  # launched anew (resumed here after a takeover)
         task = asyncio.create_task(self._drive(ctx), name=f"run-{run.id}")
         self._tasks[run.id] = task
         self._task_runs[run.id] = run
@@ -83,7 +84,7 @@ class Engine(SessionOperations, StepExecution):
             self._release(state)
             first = ctx.first_commit
             if first is not None and not first.done():
-                first.set_exception(RuntimeError("the run stopped before its first commit"))
+                first.set_exception(Unavailable("the run stopped before it was committed; retry"))
                 first.exception()
             failure = None if t.cancelled() else t.exception()
             if isinstance(failure, LeaseLost) or run.id in self._abandoned:

@@ -60,6 +60,10 @@ class SessionRegistry:
         self._claiming: dict[str, asyncio.Future[None]] = {}
         # Called on the loop with a session another replica took over.
         self.on_lost: Callable[[SessionState], None] | None = None
+        # A session is kept this long after its last user: the next turn of a conversation
+        # then needs no claim (a write transaction) and no release. Other replicas wait at
+        # most this long for it (their queued runs are claimed once it is given up).
+        self.keep_seconds = min(1.0, lease_seconds / 4)
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -119,15 +123,23 @@ class SessionRegistry:
             self.release(state)
 
     def release(self, state: SessionState) -> None:
-        """One user less; the last one gives the lease up (after its writes are committed)."""
+        """One user less; once the last one is done the lease is given up (after a short
+        keep, and after its writes are committed)."""
         state.users -= 1
-        if (
-            state.users > 0
-            or state.lock.locked()
-            or state.releasing is not None
-            or self.states.get(state.session.id) is not state
-        ):
-            return
+        if self._idle(state):
+            asyncio.get_running_loop().call_later(self.keep_seconds, self._give_up, state)
+
+    def _idle(self, state: SessionState) -> bool:
+        return (
+            state.users <= 0
+            and not state.lock.locked()
+            and state.releasing is None
+            and self.states.get(state.session.id) is state
+        )
+
+    def _give_up(self, state: SessionState) -> None:
+        if self._stop.is_set() or not self._idle(state):
+            return  # used again meanwhile: its last user starts the keep anew
         done = state.releasing = asyncio.get_running_loop().create_future()
         future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
 

@@ -16,7 +16,7 @@ from flowsvc.v1 import resources_pb2 as pb
 from tests.conftest import Deployment
 from tests.errors import rpc_error
 from tests.graphs import chain5, create_request
-from tests.harness import ChildServer, Client, connect
+from tests.harness import ChildServer, Client, connect, sqlite_url
 
 UNAUTH = grpc.StatusCode.UNAUTHENTICATED
 LIST = svc.ListLiveFlowsRequest()
@@ -267,3 +267,45 @@ def test_expired_key_is_refused(deployment: Deployment) -> None:
 
 def test_bad_expiry_is_refused_by_the_cli(deployment: Deployment) -> None:
     assert _cli(deployment, "create", "--org", "acme", "--expires-in", "soon").returncode == 2
+
+
+def test_keys_create_beside_a_server_starting_on_a_new_database_succeeds(tmp_path: Path) -> None:
+    """Both processes create and migrate the same new SQLite file at once: neither may fail."""
+    for attempt in range(6):
+        url = sqlite_url(tmp_path / f"new-{attempt}.db")
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flowsvc",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            minted = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "flowsvc",
+                    "keys",
+                    "create",
+                    "--org",
+                    "acme",
+                    "--database-url",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        assert minted.returncode == 0, minted.stderr[-400:]
+        assert minted.stdout.strip().splitlines()[-1].startswith("fsk_")

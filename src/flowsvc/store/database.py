@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -43,7 +45,16 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
         # The busy timeout first: switching a new file to WAL takes a lock too, and a second
         # process opening it at that moment (a CLI beside the server) must wait, not fail.
         cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL can answer "locked" at once, without waiting, while
+        # another process (a CLI beside the starting server) creates or migrates it.
+        for attempt in range(200):
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 199:
+                    raise
+                time.sleep(0.05)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -183,8 +194,16 @@ class Database:
         self._serve_lock = handle
 
     async def migrate(self) -> None:
-        async with self.write() as conn:
-            await conn.run_sync(_run_migrations)
+        for attempt in range(100):
+            try:
+                async with self.write() as conn:
+                    await conn.run_sync(_run_migrations)
+                return
+            except Unavailable as exc:
+                # SQLite: a second process migrating the same new file at the same moment.
+                if not self.is_sqlite or "locked" not in str(exc.__cause__) or attempt == 99:
+                    raise
+                await asyncio.sleep(0.1)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

@@ -11,9 +11,10 @@ from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import live_flow_service_pb2 as lf
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
+from tests.conftest import Deployment
 from tests.errors import invalid, rpc_error
 from tests.graphs import create_request, edge, linear, long_chain, router, step, struct, with_input
-from tests.harness import Client
+from tests.harness import Client, bearer, connect
 
 QUESTION = struct(question="why is the sky blue?")
 
@@ -544,3 +545,34 @@ def test_deleting_a_flow_deletes_its_sessions_and_runs(client: Client) -> None:
         lambda: client.runs.GetFlowRun(fr.GetFlowRunRequest(id=r.id)), grpc.StatusCode.NOT_FOUND
     )
     assert list(client.runs.ListFlowRuns(fr.ListFlowRunsRequest(flow_id=flow.id)).flow_runs) == []
+
+
+def test_ids_a_call_tells_are_found_at_once_from_another_connection(
+    deployment: Deployment,
+) -> None:
+    """Read your writes: once a call has told a run's or session's id, any connection finds it."""
+    told = connect(deployment.address, bearer(deployment.acme_key))
+    other = connect(deployment.address, bearer(deployment.acme_key))
+    try:
+        flow = told.flows.CreateLiveFlow(create_request())
+        for _ in range(5):
+            stream = told.runs.StreamRunFlow(
+                fr.StreamRunFlowRequest(flow_id=flow.id, body=QUESTION)
+            )
+            first = next(iter(stream))
+            assert other.runs.GetFlowRun(fr.GetFlowRunRequest(id=first.run_id)).id == first.run_id
+            assert other.sessions.GetSession(ss.GetSessionRequest(id=first.session_id)).id
+            stream.cancel()
+            created = told.sessions.CreateSession(
+                ss.CreateSessionRequest(live_flow_id=flow.id, inputs=QUESTION)
+            )
+            assert other.sessions.GetSession(ss.GetSessionRequest(id=created.id)).id == created.id
+            queued = told.runs.RunFlow(
+                fr.RunFlowRequest(
+                    flow_id=flow.id, body=QUESTION, options=pb.RunOptions(session_id=created.id)
+                )
+            )
+            assert other.runs.GetFlowRun(fr.GetFlowRunRequest(id=queued.id)).id == queued.id
+    finally:
+        told.close()
+        other.close()

@@ -7,18 +7,16 @@ only from the journal's commit callback, so nothing is streamed uncommitted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from flowsvc.domain.engine.session_registry import SessionRegistry, SessionState
 from flowsvc.domain.errors import LeaseLost
 from flowsvc.domain.hub import Hub
-from flowsvc.domain.model import FlowVersion, LlmConfig, Step
+from flowsvc.domain.model import FlowVersion
 from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.pricing import PriceTable
 from flowsvc.domain.providers import (
@@ -72,28 +70,6 @@ class RunContext:
     yield_due: bool = False
     # Resolves once the run's first state (and a new session) is committed.
     first_commit: asyncio.Future[None] | None = None
-
-
-def body_text(body: dict[str, Any]) -> str:
-    """The user's message as text: a single value as it is, anything else as JSON."""
-    if len(body) == 1:
-        (value,) = body.values()
-        if isinstance(value, str):
-            return value
-    return json.dumps(body, ensure_ascii=False, sort_keys=True)
-
-
-def effective_llm(step: Step, override: dict[str, Any]) -> LlmConfig:
-    config = step.llm or LlmConfig()
-    changes = {
-        key.split(".", 1)[1]: value
-        for key, value in override.items()
-        if key.split(".", 1)[0] == step.name
-    }
-    if "max_tokens" in changes:
-        changes["max_tokens"] = int(changes["max_tokens"])
-    return replace(config, **changes) if changes else config
-
 
 
 class EngineCore:

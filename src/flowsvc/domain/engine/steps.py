@@ -98,7 +98,9 @@ class StepExecution(EngineCore):
             call = self._http_call(current.step, self._render_context(ctx))
         except MissingValue as exc:
             raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
-        self._flush(ctx)  # the call leaves the process: its start is committed first
+        # The call leaves the process: its start is committed first. A replica whose lease (or
+        # whose request_id) another replica took learns it here, before any side effect.
+        await self._settle(ctx)
         try:
             with self.telemetry.call_span(f"HTTP {call.method}", "http", call.url):
                 async with asyncio.timeout(self._step_timeout):
@@ -179,7 +181,9 @@ class StepExecution(EngineCore):
             max_tokens=config.max_tokens,
         )
         if not provider.instant:
-            self._flush(ctx)  # STEP_STARTED is committed and visible while the model works
+            # STEP_STARTED is committed (and visible) before the model is called: a replica that
+            # lost the session, or a request_id race, learns it before the call goes out.
+            await self._settle(ctx)
         parts: list[str] = []
         model_name = config.model or DEFAULT_MODEL
         outcome = "error"

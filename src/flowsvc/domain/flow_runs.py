@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from flowsvc.domain.engine import TERMINAL_RUN, Engine
+from flowsvc.domain.engine import Engine
 from flowsvc.domain.engine.session_registry import HeldElsewhere
 from flowsvc.domain.errors import (
     Aborted,
@@ -38,6 +38,7 @@ from flowsvc.domain.run_requests import (
     check_json_size,
     check_overrides,
 )
+from flowsvc.domain.run_stopping import RunStopping
 from flowsvc.domain.runs import (
     FlowRun,
     Journal,
@@ -49,7 +50,7 @@ from flowsvc.domain.runs import (
 from flowsvc.domain.watch import follow
 
 
-class FlowRuns:
+class FlowRuns(RunStopping):
     def __init__(
         self,
         engine: Engine,
@@ -444,59 +445,3 @@ class FlowRuns:
         page = parse_page(page_size, page_token, self._limits, *keys)
         found = await self._runs.list_runs(org, flow_id, session_id, page, schedule_id)
         return listed(found, page, *keys)
-
-    async def cancel_run(self, org: str, run_id: str) -> FlowRun:
-        run = await self.get_run(org, run_id)
-        if run.status in TERMINAL_RUN:
-            raise FailedPrecondition(
-                f"the run already finished ({run.status.value})",
-                kind="RUN_STATE",
-                subject=f"runs/{run_id}",
-            )
-        await self.stop_run(run)
-        run = await self.get_run(org, run_id)
-        if run.status is not RunStatus.CANCELLED:
-            raise FailedPrecondition(
-                f"the run finished ({run.status.value}) before it could be cancelled",
-                kind="RUN_STATE",
-                subject=f"runs/{run_id}",
-            )
-        return run
-
-    async def stop_run(self, run: FlowRun) -> None:
-        """Cancel the run wherever it is: this replica's task; or, when no live replica holds
-        its session, here under a claim; or else by asking the holder (through the database)
-        and following the run until it stops."""
-        org = run.organisation_id
-        if not self._engine.has_task(run.id):
-            try:
-                async with self._engine.session_state(org, run.session_id) as state:
-                    await self._engine.cancel_run(state, run.id)
-                return
-            except HeldElsewhere:
-                pass
-            if await self._leases.request_cancel(org, run.id):
-                await self.finished_by_id(org, run.id)
-            return
-        async with self._engine.session_state(org, run.session_id) as state:
-            await self._engine.cancel_run(state, run.id)
-
-    async def _interrupt(self, org: str, session_id: str, *, rollback: bool) -> None:
-        """INTERRUPT / ROLLBACK: the session's runs going are cancelled (wherever they run);
-        with rollback, those that ended cancelled leave the session as if they never ran."""
-        going = await self._leases.active_runs(session_id)
-        for run in going:
-            with contextlib.suppress(NotFound):
-                await self.stop_run(run)
-        if rollback and going:
-            async with self._engine.session_state(
-                org, session_id, wait=self._engine.sessions.lease_seconds * 1.5
-            ) as state:
-                for run in going:
-                    await self._engine.rollback_run(state, run.id)
-
-    async def stop_flow_runs(self, org: str, flow_id: str) -> None:
-        """DeleteLiveFlow: the flow's runs in flight are cancelled first, on any replica."""
-        for run in await self._leases.active_runs_of_flow(org, flow_id):
-            with contextlib.suppress(NotFound):
-                await self.stop_run(run)

@@ -243,10 +243,20 @@ class JournalWriter:
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name="flowsvc-journal")
 
-    async def close(self) -> None:
-        while self._pending:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued, for at most `timeout` seconds: shutdown must not hang on a
+        database that does not answer. Nothing left was acknowledged to anyone (answers wait
+        for commits); runs whose moves are left resume from what is committed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._pending and loop.time() < deadline:
             self._wake.set()
             await asyncio.sleep(0.001)
+        if self._pending:
+            log.warning(
+                "journal writer closed with journals unwritten",
+                extra={"journals": len(self._pending)},
+            )
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)

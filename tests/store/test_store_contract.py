@@ -463,8 +463,9 @@ def test_organisation_run_counts_are_read_from_the_database(database_url: str) -
         version = await a_version(a)
         for _ in range(3):
             await new_session_with_run(a, version)
-        assert await b.leases.count_active_runs(ORG) == 3
-        assert await b.leases.count_active_runs("globex") == 0
-        assert await b.leases.active_runs_by_org() == {ORG: 3}
+        counted = await b.leases.active_runs_by_org()
+        assert counted.get(ORG) == 3
+        assert counted.get("globex", 0) == 0
+        assert counted == {ORG: 3}
 
     run_on(database_url, body)

@@ -48,10 +48,6 @@ class Subscription:
         await self._ready.wait()
         self._ready.clear()
 
-    def first_seq(self) -> int | None:
-        """The seq of the first committed event queued, if any."""
-        return next((e.seq for e in self.queue if e.seq), None)
-
     def drain(self) -> list[RunEvent]:
         items = list(self.queue)
         self.queue.clear()

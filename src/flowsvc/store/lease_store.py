@@ -147,20 +147,6 @@ class SqlLeases:
             ).all()
         return {r[0]: int(r[1]) for r in rows}
 
-    async def count_active_runs(self, org: str) -> int:
-        async with self.db.read() as conn:
-            return int(
-                (
-                    await conn.execute(
-                        text(
-                            f"SELECT count(*) FROM flow_runs WHERE organisation_id = :org "
-                            f"AND status IN {_ACTIVE_SQL}"
-                        ),
-                        {"org": org},
-                    )
-                ).scalar_one()
-            )
-
     async def insert_queued_run(self, run: FlowRun, *, only_if_idle: bool) -> bool:
         """Insert a QUEUED run; with only_if_idle (REJECT), only if its session has no run
         going, decided under the session's row lock so two replicas cannot both see it idle."""

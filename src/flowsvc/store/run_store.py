@@ -18,7 +18,6 @@ from flowsvc.domain.runs import (
     FlowRun,
     Journal,
     RunEvent,
-    RunStatus,
     Session,
     SessionStatus,
     SessionStep,
@@ -210,17 +209,6 @@ class SqlRunStore:
                 )
             ).all()
         return {r.id: r.last_seq for r in rows}
-
-    async def unfinished_runs(self) -> list[FlowRun]:
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    select(runs)
-                    .where(runs.c.status.in_([RunStatus.QUEUED.value, RunStatus.RUNNING.value]))
-                    .order_by(runs.c.created_at, runs.c.id)
-                )
-            ).all()
-        return [run_from(r) for r in rows]
 
     async def sessions_expired_by(self, when: datetime, limit: int) -> list[tuple[str, str]]:
         async with self.db.read() as conn:

@@ -185,7 +185,8 @@ class SessionServiceServicer:
         FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
         ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
         reason REQUEST_ID_REUSED names it in metadata["request_id"]),
-        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+        for the 2 the run adds under max_messages_per_session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

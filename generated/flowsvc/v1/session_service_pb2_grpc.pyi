@@ -97,7 +97,8 @@ class SessionServiceStub:
     FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
     ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
     reason REQUEST_ID_REUSED names it in metadata["request_id"]),
-    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+    for the 2 the run adds under max_messages_per_session).
     """
 
 @_typing.type_check_only
@@ -167,7 +168,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
     ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
     reason REQUEST_ID_REUSED names it in metadata["request_id"]),
-    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+    for the 2 the run adds under max_messages_per_session).
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -282,7 +284,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
         ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
         reason REQUEST_ID_REUSED names it in metadata["request_id"]),
-        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going).
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+        for the 2 the run adds under max_messages_per_session).
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -276,6 +276,7 @@ class SessionForks:
             org, flow.id, session.id, version, body, RunOptions(override=override), ""
         )
         history = copy_history(steps, forked, runs, source.messages, session.id, fork_run.id)
+        self._flow_runs.check_message_room(source.id, len(history.messages))
         session.messages = history.messages
         session.cost, session.costs = history.cost, history.costs
         session.steps_count = len(history.steps)

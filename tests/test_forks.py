@@ -3,8 +3,10 @@ endpoint that counts the calls (copied steps are not executed again)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -20,7 +22,16 @@ from tests.conftest import database_for
 from tests.errors import invalid, reused_request_id, rpc_error
 from tests.fake_openai import FakeOpenAI
 from tests.graphs import chain5, create_request, linear, step, struct, with_input
-from tests.harness import Client, InProcessServer, bearer, connect, mint_key
+from tests.harness import (
+    ChildServer,
+    Client,
+    InProcessServer,
+    bearer,
+    connect,
+    mint_key,
+    sqlite_url,
+    wait_until,
+)
 
 MODEL = "openai/stream"
 
@@ -283,3 +294,66 @@ def test_fork_request_id(forks: Forks) -> None:
     assert reused_request_id(lambda: fork(
         forks, source, source.steps[2].id, inputs=struct(question="x"), request_id="fork-1"
     )) == "fork-1"
+
+
+def test_killed_server_resumes_an_acknowledged_fork(tmp_path: Path) -> None:
+    """The fork's session, copied steps and run commit before the answer: SIGKILL after it,
+    and the next start runs the fork on from its step, never the copied ones again."""
+    fake = FakeOpenAI()
+    env = {"FLOWSVC_OPENAI_BASE_URL": f"{fake.url}/v1"}
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    first = ChildServer(url, tmp_path / "first.log", extra_env=env)
+    c = connect(first.address, bearer(key))
+    graph = on_model(
+        linear(
+            step("start", "START"),
+            step("draft", "LLM", "Draft: ${inputs.question}"),
+            step("think", "LLM", "Think: ${draft.result}"),
+            step("end", "END", "${think.result}"),
+        )
+    )
+    flow = c.flows.CreateLiveFlow(create_request("killed", graph=graph))
+    source = c.sessions.CreateSession(
+        ss.CreateSessionRequest(live_flow_id=flow.id, inputs=struct(question="q"), wait=True)
+    )
+    assert source.status == pb.SESSION_STATUS_COMPLETED
+    # The fork's "think" takes 5 s (model "slow"): it is surely going at the kill.
+    new = c.sessions.ForkSession(
+        ss.ForkSessionRequest(
+            session_id=source.id,
+            step_id=source.steps[2].id,
+            override=struct(**{"think.model": "openai/slow"}),
+        )
+    )
+    wait_until(lambda: fake.attempts["slow"] > 0, timeout=30)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    c.close()
+
+    second = ChildServer(url, tmp_path / "second.log", extra_env=env)
+    try:
+        c = connect(second.address, bearer(key))
+        wait_until(
+            lambda: c.sessions.GetSession(ss.GetSessionRequest(id=new.id)).status
+            == pb.SESSION_STATUS_COMPLETED,
+            timeout=60,
+        )
+        done = c.sessions.GetSession(ss.GetSessionRequest(id=new.id))
+        assert done.parent_session_id == source.id
+        assert [s.step.name for s in done.steps] == ["start", "draft", "think", "end"]
+        assert done.steps[1].result == source.steps[1].result == "Draft: q"
+        assert done.steps[-1].result == "Think: Draft: q"
+        assert fake.attempts["slow"] == 2  # the step going at the kill, again
+        assert fake.attempts["stream"] == 2  # the source's draft and think only
+        seqs = []
+        for e in c.sessions.WatchSession(ss.WatchSessionRequest(session_id=new.id)):
+            seqs.append(e.seq)
+            if e.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                break
+        assert seqs == list(range(1, len(seqs) + 1))
+        c.close()
+    finally:
+        second.signal(signal.SIGTERM)
+        second.wait()
+        fake.close()

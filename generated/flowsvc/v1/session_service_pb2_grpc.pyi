@@ -87,7 +87,8 @@ class SessionServiceStub:
     the runs that made them; messages as they were when the step began); then the new session
     runs from that step, as a run would: the forked run again with its body overlaid with
     `inputs` and its override with `override`, the steps of that run before the step present
-    as completed, the step and those after it executed anew. The source session never changes.
+    as completed, the step and those after it executed anew. The new session's events begin at
+    seq 1 with that run's (the copied history has none). The source session never changes.
     An expired source session can be forked (the fork is a new session with its own expiry).
     Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
     violations: inputs, variables or override too large or not valid for the version,
@@ -158,7 +159,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     the runs that made them; messages as they were when the step began); then the new session
     runs from that step, as a run would: the forked run again with its body overlaid with
     `inputs` and its override with `override`, the steps of that run before the step present
-    as completed, the step and those after it executed anew. The source session never changes.
+    as completed, the step and those after it executed anew. The new session's events begin at
+    seq 1 with that run's (the copied history has none). The source session never changes.
     An expired source session can be forked (the fork is a new session with its own expiry).
     Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
     violations: inputs, variables or override too large or not valid for the version,
@@ -274,7 +276,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         the runs that made them; messages as they were when the step began); then the new session
         runs from that step, as a run would: the forked run again with its body overlaid with
         `inputs` and its override with `override`, the steps of that run before the step present
-        as completed, the step and those after it executed anew. The source session never changes.
+        as completed, the step and those after it executed anew. The new session's events begin at
+        seq 1 with that run's (the copied history has none). The source session never changes.
         An expired source session can be forked (the fork is a new session with its own expiry).
         Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
         violations: inputs, variables or override too large or not valid for the version,

@@ -111,33 +111,38 @@ def copy_history(
     steps of forked's own run belong to the new run (`fork_run_id`), the others to copies of
     the runs that made them."""
     before = [s for s in steps if s.position < forked.position]
-    later_runs = [runs[r] for r in {s.run_id for s in steps if s.position >= forked.position}
-                  if r in runs]
-    kept = messages_at(messages, later_runs)
+    later_ids = {s.run_id for s in steps if s.position >= forked.position}
+    kept = messages_at(messages, (runs[r] for r in later_ids if r in runs))
     message_ids = {m.id: new_id() for m in kept}
     new_messages = [Message(message_ids[m.id], m.date, m.role, m.content) for m in kept]
     run_ids = {forked.run_id: fork_run_id}
     copied_runs = []
     for s in before:
-        if s.run_id in run_ids or s.run_id not in runs:
+        if s.run_id in run_ids:
             continue
         run_ids[s.run_id] = new_id()
-        copied_runs.append(_copy_run(runs[s.run_id], run_ids[s.run_id], session_id, message_ids))
+        if s.run_id in runs:
+            copy = _copy_run(runs[s.run_id], run_ids[s.run_id], session_id, message_ids)
+            if s.run_id in later_ids:
+                copy.status = RunStatus.CANCELLED  # it went on after the step: not here
+            copied_runs.append(copy)
     copied = []
     for position, s in enumerate(before, start=1):
-        copy = s.snapshot()
-        copy.id = new_id()
-        copy.session_id = session_id
-        copy.run_id = run_ids.get(s.run_id, fork_run_id)
-        copy.position = position
-        copy.input_request_id = ""
-        if copy.status in _UNFINISHED_STEP:
-            copy.status = StepStatus.CANCELLED
-        copied.append(copy)
+        step = s.snapshot()
+        step.id = new_id()
+        step.session_id = session_id
+        step.run_id = run_ids[s.run_id]
+        step.position = position
+        step.input_request_id = ""
+        if step.status in _UNFINISHED_STEP:
+            step.status = StepStatus.CANCELLED
+        copied.append(step)
     return History(copied, copied_runs, new_messages, step_costs(before, runs))
 
 
 def _copy_run(run: FlowRun, run_id: str, session_id: str, message_ids: dict[str, str]) -> FlowRun:
+    """A run of the source session as it is, in the new session: its identity, request and
+    callbacks stay with the original; a run that had not stopped is CANCELLED here."""
     copy = run.snapshot()
     copy.id = run_id
     copy.session_id = session_id
@@ -148,12 +153,12 @@ def _copy_run(run: FlowRun, run_id: str, session_id: str, message_ids: dict[str,
     copy.cancel_requested = False
     copy.eval_job = None
     if not copy.status.stopped or copy.status is RunStatus.WAITING_FOR_INPUT:
-        copy.status = RunStatus.CANCELLED  # it goes on in the source session only
+        copy.status = RunStatus.CANCELLED
     for name in ("user_message", "ai_message"):
         m: Message | None = getattr(copy, name)
         if m is not None:
-            setattr(copy, name, Message(message_ids.get(m.id, new_id()), m.date, m.role,
-                                        m.content))
+            new = Message(message_ids.get(m.id) or new_id(), m.date, m.role, m.content)
+            setattr(copy, name, new)
     return copy
 
 

@@ -178,7 +178,8 @@ def test_fork_keeps_the_runs_and_messages_before_the_step(forks: Forks) -> None:
     second_draft = next(s for s in source.steps if s.run_id == runs[1] and s.step.name == "draft")
     calls = len(forks.fake.requests)
     new = fork(forks, source, second_draft.id, override=struct(**{"draft.temperature": 0.5}),
-               wait=True)
+               variables=struct(tone="dry"), wait=True)
+    assert dict(new.variables) == {"tone": "dry"}
     assert new.status == pb.SESSION_STATUS_COMPLETED, new.error
     assert len(prompts_sent(forks, calls)) == 3
     assert forks.fake.requests[calls]["temperature"] == 0.5
@@ -192,6 +193,9 @@ def test_fork_keeps_the_runs_and_messages_before_the_step(forks: Forks) -> None:
     assert len(fork_runs) == 2
     copied_run, forked_run = fork_runs
     assert copied_run.id not in runs and copied_run.status == pb.RUN_STATUS_COMPLETE
+    assert [copied_run.user_message.id, copied_run.ai_message.id] == [
+        m.id for m in new.messages[:2]
+    ]
     assert copied_run.response == forks.client.runs.GetFlowRun(
         fr.GetFlowRunRequest(id=runs[0])).response
     assert [s.run_id for s in new.steps] == [copied_run.id] * 5 + [forked_run.id] * 5

@@ -48,6 +48,7 @@ BOTH_BACKENDS = {
     "test_models",
     "test_limits",
     "test_expiry",
+    "test_forks",
 }
 
 

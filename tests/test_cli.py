@@ -222,3 +222,22 @@ def test_committed_descriptor_set_matches_the_protos(tmp_path: Path) -> None:
     )  # fmt: skip
     committed = ROOT / "generated/flowsvc/v1/descriptors.binpb"
     assert out.read_bytes() == committed.read_bytes(), "run `make proto` and commit the result"
+
+
+def test_sessions_fork_runs_again_from_a_named_step(deployment: Deployment) -> None:
+    assert flowsvc(deployment, "flows", "apply", "examples/input_flow.json").returncode == 0
+    asked = flowsvc(deployment, "run", "ask-then-answer", "--input", "topic=tides")
+    session = asked.stdout.split("session: ")[1].split()[0]
+    assert flowsvc(deployment, "answer", session, "Why?").returncode == 0
+
+    forked = flowsvc(deployment, "sessions", "fork", session, "ask", "-i", "topic=moons")
+    assert forked.returncode == 3, forked.stderr  # the fork asks the question again
+    assert "waiting for input: What would you like to know about moons?" in forked.stdout
+    new = forked.stdout.split("forked: session ")[1].split()[0]
+    shown = json.loads(flowsvc(deployment, "sessions", "get", new, "-o", "json").stdout)
+    assert shown["parent_session_id"] == session
+    assert shown["inputs"] == {"topic": "moons"}
+    assert flowsvc(deployment, "answer", new, "How many?").returncode == 0
+
+    missing = flowsvc(deployment, "sessions", "fork", session, "nope")
+    assert missing.returncode == 2 and "no step named 'nope'" in missing.stderr

@@ -88,6 +88,33 @@ def test_request_id_is_filled_in_so_a_retried_write_happens_once(deployment: Dep
     asyncio.run(go())
 
 
+def test_fork_session_copies_the_history_and_fills_in_a_request_id(
+    deployment: Deployment,
+) -> None:
+    async def go() -> None:
+        async with Client(deployment.address, deployment.acme_key) as client:
+            flow = await make_flow(client, "forked")
+            source = await client.create_session(
+                live_flow_id=flow.id, inputs={"q": "one"}, wait=True
+            )
+            think = source.steps[1]
+            fork = await client.fork_session(
+                session_id=source.id, step_id=think.id, inputs={"q": "two"}, wait=True,
+                request_id="fork-once",
+            )  # fmt: skip
+            again = await client.fork_session(
+                session_id=source.id, step_id=think.id, inputs={"q": "two"}, request_id="fork-once"
+            )
+            assert again.id == fork.id and fork.parent_session_id == source.id
+            assert fork.status == types.SESSION_STATUS_COMPLETED
+            assert fork.steps[0].result == source.steps[0].result
+            assert fork.steps[-1].result == "two"
+            other = await client.fork_session(session_id=source.id, step_id=think.id)
+            assert other.id not in (fork.id, source.id)  # a fresh request_id each call
+
+    asyncio.run(go())
+
+
 def test_unreachable_server_is_unavailable_after_bounded_retries() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

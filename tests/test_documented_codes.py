@@ -287,6 +287,34 @@ def _watch_session_over_subscribers(e: Env) -> Callable[[], Any]:
     return call
 
 
+def _fork(e: Env, **fields: Any) -> Callable[[], Any]:
+    return lambda: e.c.sessions.ForkSession(ss.ForkSessionRequest(**fields))
+
+
+def _finished_session(e: Env) -> pb.Session:
+    return e.c.sessions.CreateSession(
+        ss.CreateSessionRequest(live_flow_id=e.flow().id, inputs=struct(question="q"), wait=True)
+    )
+
+
+def _fork_waiting_step(e: Env) -> Callable[[], Any]:
+    """The step a session waits on has not completed."""
+    session = e.c.sessions.GetSession(ss.GetSessionRequest(id=e.waiting().session_id))
+    return _fork(e, session_id=session.id, step_id=session.current_step.id)
+
+
+def _fork_at_capacity(e: Env) -> Callable[[], Any]:
+    source = _finished_session(e)
+
+    def call() -> Any:
+        with e.busy(LIMITS.max_active_runs_per_org):
+            return e.c.sessions.ForkSession(
+                ss.ForkSessionRequest(session_id=source.id, step_id=source.steps[1].id)
+            )
+
+    return call
+
+
 def _hook(e: Env, **fields: Any) -> Callable[[], Any]:
     return lambda: e.hooks.CreateWebhook(wh.CreateWebhookRequest(webhook=pb.Webhook(**fields)))
 
@@ -467,6 +495,18 @@ CASES: dict[tuple[str, Code], Case] = {
         lambda: e.c.sessions.WatchSession(ss.WatchSessionRequest(session_id=NOBODY))
     ),
     ("WatchSession", Code.RESOURCE_EXHAUSTED): _watch_session_over_subscribers,
+    ("ForkSession", Code.INVALID_ARGUMENT): lambda e: _fork(e, session_id="", step_id=NOBODY),
+    ("ForkSession", Code.NOT_FOUND): lambda e: (
+        lambda s: _fork(e, session_id=s.id, step_id=NOBODY)
+    )(_finished_session(e)),
+    ("ForkSession", Code.FAILED_PRECONDITION): _fork_waiting_step,
+    ("ForkSession", Code.ALREADY_EXISTS): lambda e: (
+        lambda s: _twice(
+            _fork(e, session_id=s.id, step_id=s.steps[1].id, request_id="f", wait=True),
+            _fork(e, session_id=s.id, step_id=s.steps[2].id, request_id="f"),
+        )
+    )(_finished_session(e)),
+    ("ForkSession", Code.RESOURCE_EXHAUSTED): _fork_at_capacity,
     # FlowRunService
     **_run_cases("RunFlow", stream=False),
     **_run_cases("StreamRunFlow", stream=True),

@@ -108,3 +108,18 @@ def test_session_before_its_expiry_still_takes_input(timed: Timed) -> None:
         ss.SubmitUserInputRequest(session_id=s.id, user_input="x", wait=True)
     )
     assert done.status == pb.SESSION_STATUS_COMPLETED
+
+
+def test_an_expired_session_can_be_forked_into_a_live_one(timed: Timed) -> None:
+    s = waiting_session(timed)
+    timed.clock.advance(61)
+    expired = timed.client.sessions.GetSession(ss.GetSessionRequest(id=s.id))
+    assert expired.status == pb.SESSION_STATUS_EXPIRED
+    fork = timed.client.sessions.ForkSession(
+        ss.ForkSessionRequest(session_id=s.id, step_id=expired.steps[0].id, wait=True)
+    )
+    assert fork.status == pb.SESSION_STATUS_WAITING_FOR_INPUT
+    assert fork.parent_session_id == s.id and fork.expiration_seconds == 60
+    assert fork.expires_at.ToDatetime() > expired.expires_at.ToDatetime()
+    again = timed.client.sessions.GetSession(ss.GetSessionRequest(id=s.id))
+    assert again == expired

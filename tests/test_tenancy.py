@@ -79,6 +79,10 @@ def owned(client: Client) -> dict[str, Any]:
         "schedule": schedule.id,
         "flow": flow,
         "session": waiting.session_id,
+        # A completed step (START) of that session.
+        "step": client.sessions.GetSession(ss.GetSessionRequest(id=waiting.session_id))
+        .steps[0]
+        .id,
         "run": waiting.id,
         "judge": judge,
         "job": judged.eval_job_id,
@@ -133,6 +137,7 @@ def cases(o: dict[str, Any], theirs: pb.LiveFlow) -> dict[str, list[tuple[Any, g
         "CancelSession": [(ss.CancelSessionRequest(id=o["session"]), NF)],
         "DeleteSession": [(ss.DeleteSessionRequest(id=o["session"]), NF)],
         "WatchSession": [(ss.WatchSessionRequest(session_id=o["session"]), NF)],
+        "ForkSession": [(ss.ForkSessionRequest(session_id=o["session"], step_id=o["step"]), NF)],
         "RunFlow": [
             (fr.RunFlowRequest(flow_id=flow.id, body=struct(topic="t")), NF),
             (

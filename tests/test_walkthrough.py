@@ -239,3 +239,54 @@ def test_readme_schedules_walkthrough_ticks_and_pauses(
     counted = [int(line) for line in out.splitlines() if line.strip().isdigit()]
     assert counted and counted[-1] >= 2
     assert '"next_run_times"' in out
+
+
+def test_readme_fork_walkthrough_asks_again_about_another_topic(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    script = _walkthrough("flows") + _walkthrough("runs") + _walkthrough("fork")
+    result = _run_script(script, deployment, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    session = json.loads((tmp_path / "session.json").read_text())["id"]
+    assert (
+        "SESSION_STATUS_WAITING_FOR_INPUT - What would you like to know about volcanoes? - "
+        f"forked from {session}"
+    ) in lines
+    fork = json.loads((tmp_path / "fork.json").read_text())
+    assert fork["forked_from_step_id"] == json.loads(
+        (tmp_path / "session.json").read_text()
+    )["current_step"]["id"]
+    assert lines[-1].strip() == '"status": "SESSION_STATUS_COMPLETED",'
+
+
+def test_readme_webhooks_walkthrough_delivers_a_signed_run_completed(tmp_path: Path) -> None:
+    """The README's webhook block against a loopback receiver on the server's allow-list."""
+    from flowsvc.config import Settings
+    from tests.harness import InProcessServer, sqlite_url
+    from tests.webhook_receiver import Receiver, verify
+
+    receiver = Receiver()
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = InProcessServer(
+        Settings(listen="127.0.0.1:0", database_url=url, http_allow_hosts=(receiver.host,))
+    )
+    try:
+        deployment = Deployment(server, url, "", "")
+        script = _walkthrough("flows") + _walkthrough("webhooks")
+        script = script.replace("127.0.0.1:8089", receiver.host)
+        result = _run_script(script, deployment, tmp_path)
+        assert result.returncode == 0, result.stderr
+        secret = json.loads((tmp_path / "webhook.json").read_text())["secret"]
+        (delivered,) = receiver.at("/hook")
+        assert verify(secret, delivered)
+        assert delivered.json["type"] == "run.completed"
+        assert delivered.json["data"]["response"].endswith("Hooked?")
+        deliveries = json.loads((tmp_path / "deliveries.json").read_text())["webhook_deliveries"]
+        assert [(d["event_type"], d["status"], d["id"]) for d in deliveries] == [
+            ("run.completed", "WEBHOOK_DELIVERY_STATUS_DELIVERED", delivered.id)
+        ]
+        assert '"status": "WEBHOOK_DELIVERY_STATUS_DELIVERED"' in result.stdout
+    finally:
+        server.stop()
+        receiver.close()

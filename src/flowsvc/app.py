@@ -32,6 +32,7 @@ from flowsvc.domain.engine.coordinator import Coordinator
 from flowsvc.domain.evals import Evaluations
 from flowsvc.domain.flow_runs import FlowRuns
 from flowsvc.domain.flows import FlowCatalog
+from flowsvc.domain.forks import SessionForks
 from flowsvc.domain.hub import Hub
 from flowsvc.domain.ids import new_id
 from flowsvc.domain.keys import Keys
@@ -211,7 +212,12 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         LiveFlowServicer(catalog), server
     )
     session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-        SessionServicer(sessions, settings.stream_write_timeout), server
+        SessionServicer(
+            sessions,
+            SessionForks(sessions, flow_runs, run_store, engine, settings.limits),
+            settings.stream_write_timeout,
+        ),
+        server,
     )
     flow_run_service_pb2_grpc.add_FlowRunServiceServicer_to_server(
         FlowRunServicer(flow_runs, settings.stream_write_timeout), server

@@ -226,6 +226,30 @@ def test_a_journal_commits_its_session_run_steps_and_events_together(database_ur
     run_on(database_url, body)
 
 
+def test_a_forked_session_keeps_its_origin_and_lists_its_runs_oldest_first(
+    database_url: str,
+) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session = a_session(version)
+        session.parent_session_id, session.forked_from_step_id = new_id(), new_id()
+        runs = [a_run(session), a_run(session)]
+        await a.runs.record(
+            Journal(session=session, session_is_new=True, epoch=1, new_runs=runs)
+        )
+        await new_session_with_run(a, version)  # another session's run is not listed
+        found = await b.runs.get_session(ORG, session.id)
+        assert found is not None
+        assert (found.parent_session_id, found.forked_from_step_id) == (
+            session.parent_session_id,
+            session.forked_from_step_id,
+        )
+        assert [r.id for r in await b.runs.session_runs(ORG, session.id)] == [r.id for r in runs]
+        assert await b.runs.session_runs("another-org", session.id) == []
+
+    run_on(database_url, body)
+
+
 def test_a_refused_journal_leaves_nothing_behind(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)

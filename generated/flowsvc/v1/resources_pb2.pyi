@@ -948,6 +948,8 @@ class Session(_message.Message):
     ARTIFACT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    FORKED_FROM_STEP_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     organisation_id: _builtins.str
     live_flow_id: _builtins.str
@@ -959,6 +961,10 @@ class Session(_message.Message):
     error: _builtins.str
     cost: _builtins.float
     """USD."""
+    parent_session_id: _builtins.str
+    """For a session made by ForkSession: the session it was forked from."""
+    forked_from_step_id: _builtins.str
+    """For a session made by ForkSession: the step of the parent session it runs again from."""
     @_builtins.property
     def flow_version(self) -> Global___FlowVersion: ...
     @_builtins.property
@@ -1009,10 +1015,12 @@ class Session(_message.Message):
         artifact: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        parent_session_id: _builtins.str = ...,
+        forked_from_step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "created_at", b"created_at", "current_step", b"current_step", "customer", b"customer", "expires_at", b"expires_at", "flow_version", b"flow_version", "inputs", b"inputs", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "cost", b"cost", "costs", b"costs", "created_at", b"created_at", "current_step", b"current_step", "customer", b"customer", "error", b"error", "expiration_seconds", b"expiration_seconds", "expires_at", b"expires_at", "flow_version", b"flow_version", "id", b"id", "inputs", b"inputs", "live_flow_id", b"live_flow_id", "messages", b"messages", "name", b"name", "organisation_id", b"organisation_id", "status", b"status", "steps", b"steps", "steps_count", b"steps_count", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "cost", b"cost", "costs", b"costs", "created_at", b"created_at", "current_step", b"current_step", "customer", b"customer", "error", b"error", "expiration_seconds", b"expiration_seconds", "expires_at", b"expires_at", "flow_version", b"flow_version", "forked_from_step_id", b"forked_from_step_id", "id", b"id", "inputs", b"inputs", "live_flow_id", b"live_flow_id", "messages", b"messages", "name", b"name", "organisation_id", b"organisation_id", "parent_session_id", b"parent_session_id", "status", b"status", "steps", b"steps", "steps_count", b"steps_count", "updated_at", b"updated_at", "variables", b"variables"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -246,3 +246,64 @@ class WatchSessionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchSessionRequest: _TypeAlias = WatchSessionRequest  # noqa: Y015
+
+@_typing.final
+class ForkSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OVERRIDE_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session to fork (it is not changed)."""
+    step_id: _builtins.str
+    """A completed step of that session: the new session runs again from it."""
+    version: _builtins.int
+    """The version the new session runs; 0 means the version the forked step's run used."""
+    wait: _builtins.bool
+    """Answer only once the new session stops running (completed, failed or waiting for input)."""
+    request_id: _builtins.str
+    """Makes the fork safe to retry: the same id with the same request answers with the session
+    the first one made; with a different request it is ALREADY_EXISTS. At most 128
+    characters; shared with CreateSession's ids.
+    """
+    @_builtins.property
+    def inputs(self) -> _struct_pb2.Struct:
+        """Overlaid on the forked run's body (and on the session's inputs): a key given here
+        replaces that key, the others stay.
+        """
+
+    @_builtins.property
+    def variables(self) -> _struct_pb2.Struct:
+        """Overlaid on the source session's variables, key by key."""
+
+    @_builtins.property
+    def override(self) -> _struct_pb2.Struct:
+        """Per-step settings, keyed "step_name.property" as in RunOptions.override; overlaid on the
+        forked run's override, key by key.
+        """
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        inputs: _struct_pb2.Struct | None = ...,
+        variables: _struct_pb2.Struct | None = ...,
+        version: _builtins.int = ...,
+        override: _struct_pb2.Struct | None = ...,
+        wait: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "override", b"override", "variables", b"variables"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "override", b"override", "request_id", b"request_id", "session_id", b"session_id", "step_id", b"step_id", "variables", b"variables", "version", b"version", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkSessionRequest: _TypeAlias = ForkSessionRequest  # noqa: Y015

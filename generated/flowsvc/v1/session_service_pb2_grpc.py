@@ -82,6 +82,11 @@ class SessionServiceStub:
                 request_serializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.SerializeToString,
                 response_deserializer=flowsvc_dot_v1_dot_resources__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.ForkSession = channel.unary_unary(
+                '/flowsvc.v1.SessionService/ForkSession',
+                request_serializer=flowsvc_dot_v1_dot_session__service__pb2.ForkSessionRequest.SerializeToString,
+                response_deserializer=flowsvc_dot_v1_dot_resources__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class SessionServiceServicer:
@@ -163,6 +168,31 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForkSession(self, request, context):
+        """Forks the session at one of its completed steps into a new session of the same
+        organisation and flow (parent_session_id and forked_from_step_id name where it came from).
+        The history before that step is copied (steps with new ids, prompts, results and costs;
+        the runs that made them; messages as they were when the step began); then the new session
+        runs from that step, as a run would: the forked run again with its body overlaid with
+        `inputs` and its override with `override`, the steps of that run before the step present
+        as completed, the step and those after it executed anew. The new session's events begin at
+        seq 1 with that run's (the copied history has none). The source session never changes.
+        An expired source session can be forked (the fork is a new session with its own expiry).
+        Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
+        violations: inputs, variables or override too large or not valid for the version,
+        missing required input, version whose graph does not lead to the step, request_id over
+        128 characters), NOT_FOUND (session; step not in that session, as ids inside a parent
+        are; the flow or version, as RunFlow answers a missing version),
+        FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+        for the 2 the run adds under max_messages_per_session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +230,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.WatchSession,
                     request_deserializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.FromString,
                     response_serializer=flowsvc_dot_v1_dot_resources__pb2.RunEvent.SerializeToString,
+            ),
+            'ForkSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSession,
+                    request_deserializer=flowsvc_dot_v1_dot_session__service__pb2.ForkSessionRequest.FromString,
+                    response_serializer=flowsvc_dot_v1_dot_resources__pb2.Session.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +437,33 @@ class SessionService:
             '/flowsvc.v1.SessionService/WatchSession',
             flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.SerializeToString,
             flowsvc_dot_v1_dot_resources__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowsvc.v1.SessionService/ForkSession',
+            flowsvc_dot_v1_dot_session__service__pb2.ForkSessionRequest.SerializeToString,
+            flowsvc_dot_v1_dot_resources__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

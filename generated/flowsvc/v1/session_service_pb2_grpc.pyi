@@ -80,6 +80,27 @@ class SessionServiceStub:
     RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
     that stopped reading or fell behind: resume with after_seq).
     """
+    ForkSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _resources_pb2.Session]
+    """Forks the session at one of its completed steps into a new session of the same
+    organisation and flow (parent_session_id and forked_from_step_id name where it came from).
+    The history before that step is copied (steps with new ids, prompts, results and costs;
+    the runs that made them; messages as they were when the step began); then the new session
+    runs from that step, as a run would: the forked run again with its body overlaid with
+    `inputs` and its override with `override`, the steps of that run before the step present
+    as completed, the step and those after it executed anew. The new session's events begin at
+    seq 1 with that run's (the copied history has none). The source session never changes.
+    An expired source session can be forked (the fork is a new session with its own expiry).
+    Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
+    violations: inputs, variables or override too large or not valid for the version,
+    missing required input, version whose graph does not lead to the step, request_id over
+    128 characters), NOT_FOUND (session; step not in that session, as ids inside a parent
+    are; the flow or version, as RunFlow answers a missing version),
+    FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+    for the 2 the run adds under max_messages_per_session).
+    """
 
 @_typing.type_check_only
 class SessionServiceAsyncStub(SessionServiceStub):
@@ -130,6 +151,27 @@ class SessionServiceAsyncStub(SessionServiceStub):
     Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
     RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
     that stopped reading or fell behind: resume with after_seq).
+    """
+    ForkSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _resources_pb2.Session]  # type: ignore[assignment]
+    """Forks the session at one of its completed steps into a new session of the same
+    organisation and flow (parent_session_id and forked_from_step_id name where it came from).
+    The history before that step is copied (steps with new ids, prompts, results and costs;
+    the runs that made them; messages as they were when the step began); then the new session
+    runs from that step, as a run would: the forked run again with its body overlaid with
+    `inputs` and its override with `override`, the steps of that run before the step present
+    as completed, the step and those after it executed anew. The new session's events begin at
+    seq 1 with that run's (the copied history has none). The source session never changes.
+    An expired source session can be forked (the fork is a new session with its own expiry).
+    Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
+    violations: inputs, variables or override too large or not valid for the version,
+    missing required input, version whose graph does not lead to the step, request_id over
+    128 characters), NOT_FOUND (session; step not in that session, as ids inside a parent
+    are; the flow or version, as RunFlow answers a missing version),
+    FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
+    ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+    reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+    RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+    for the 2 the run adds under max_messages_per_session).
     """
 
 class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -220,6 +262,33 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
         RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
         that stopped reading or fell behind: resume with after_seq).
+        """
+
+    @_abc_1.abstractmethod
+    def ForkSession(
+        self,
+        request: _session_service_pb2.ForkSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Session, _abc.Awaitable[_resources_pb2.Session]]:
+        """Forks the session at one of its completed steps into a new session of the same
+        organisation and flow (parent_session_id and forked_from_step_id name where it came from).
+        The history before that step is copied (steps with new ids, prompts, results and costs;
+        the runs that made them; messages as they were when the step began); then the new session
+        runs from that step, as a run would: the forked run again with its body overlaid with
+        `inputs` and its override with `override`, the steps of that run before the step present
+        as completed, the step and those after it executed anew. The new session's events begin at
+        seq 1 with that run's (the copied history has none). The source session never changes.
+        An expired source session can be forked (the fork is a new session with its own expiry).
+        Errors: INVALID_ARGUMENT (empty session_id or step_id, negative version, field
+        violations: inputs, variables or override too large or not valid for the version,
+        missing required input, version whose graph does not lead to the step, request_id over
+        128 characters), NOT_FOUND (session; step not in that session, as ids inside a parent
+        are; the flow or version, as RunFlow answers a missing version),
+        FAILED_PRECONDITION (the step never completed; a PreconditionFailure names it),
+        ALREADY_EXISTS (request_id already used for a different request; an ErrorInfo with
+        reason REQUEST_ID_REUSED names it in metadata["request_id"]),
+        RESOURCE_EXHAUSTED (max_active_runs_per_org runs going; the messages copied leave no room
+        for the 2 the run adds under max_messages_per_session).
         """
 
 def add_SessionServiceServicer_to_server(servicer: SessionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

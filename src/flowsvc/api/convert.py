@@ -349,6 +349,8 @@ def session_to_pb(
         artifact=dict_to_struct(s.artifact),
         created_at=timestamp(s.created_at),
         updated_at=timestamp(s.updated_at),
+        parent_session_id=s.parent_session_id,
+        forked_from_step_id=s.forked_from_step_id,
     )
     if s.customer is not None:
         c = s.customer

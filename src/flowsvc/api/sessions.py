@@ -15,6 +15,7 @@ from flowsvc.api.convert import (
 )
 from flowsvc.api.guard import current_principal
 from flowsvc.api.streaming import send_events
+from flowsvc.domain.forks import ForkRequest, SessionForks
 from flowsvc.domain.run_requests import NewSession
 from flowsvc.domain.sessions import Sessions, SessionView
 from flowsvc.v1 import resources_pb2 as pb
@@ -29,8 +30,9 @@ def _view(view: SessionView) -> pb.Session:
 
 
 class SessionServicer(svc_grpc.SessionServiceServicer):
-    def __init__(self, sessions: Sessions, write_timeout: float) -> None:
+    def __init__(self, sessions: Sessions, forks: SessionForks, write_timeout: float) -> None:
         self._sessions = sessions
+        self._forks = forks
         self._write_timeout = write_timeout
 
     async def CreateSession(
@@ -102,3 +104,16 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
             current_principal().organisation_id, request.session_id, request.after_seq
         )
         await send_events(context, events, self._write_timeout, request.after_seq)
+
+    async def ForkSession(self, request: svc.ForkSessionRequest, context: Context) -> pb.Session:
+        fork = ForkRequest(
+            session_id=request.session_id,
+            step_id=request.step_id,
+            inputs=struct_to_dict(request.inputs),
+            variables=struct_to_dict(request.variables),
+            version=request.version,
+            override=struct_to_dict(request.override),
+            wait=request.wait,
+            request_id=request.request_id,
+        )
+        return _view(await self._forks.fork(current_principal().organisation_id, fork))

@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(resources.flows, name="flows")
 app.add_typer(resources.sessions, name="sessions")
+resources.sessions.command("fork")(running.fork)
 app.add_typer(resources.runs, name="runs")
 app.command("run")(running.run)
 app.command("answer")(running.answer)

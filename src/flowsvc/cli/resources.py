@@ -27,7 +27,7 @@ from flowsvc.v1 import live_flow_service_pb2 as lfs
 from flowsvc.v1 import resources_pb2 as pb
 
 flows = typer.Typer(help="Apply, list and show flows.", no_args_is_help=True)
-sessions = typer.Typer(help="List and show sessions.", no_args_is_help=True)
+sessions = typer.Typer(help="List, show and fork sessions.", no_args_is_help=True)
 runs = typer.Typer(help="List and show runs.", no_args_is_help=True)
 
 Limit = Annotated[int, typer.Option(help="show at most this many, newest first")]

@@ -191,25 +191,85 @@ def watch(
 
     async def work() -> int:
         async with connect(server, api_key) as client:
-            events = client.watch_session(session, after_seq)
-            if not forever:
-                events = until_idle(client, events, session)
-            state = RunState(session_id=session)
-            if out is Output.json:
-                await print_events(events, state)
-            else:
-                err = output.console(stderr=True)
-                view = LiveView(state, err) if sys.stderr.isatty() else LineView(state, err)
-                await follow(events, state, view)
-            final = await client.get_session(session)
-        status = final.status
-        if out is Output.text:
-            print(f"session {session}: {output.session_status(status)}")
-            if status == pb.SESSION_STATUS_WAITING_FOR_INPUT:
-                print(f"waiting for input: {final.current_step.prompt}")
-                print(f"answer with: flowsvc answer {session} 'YOUR ANSWER'")
-        if status == pb.SESSION_STATUS_WAITING_FOR_INPUT:
-            return WAITING
-        return OK if status == pb.SESSION_STATUS_COMPLETED else RUN_FAILED
+            return await follow_session(client, session, after_seq, forever, out)
 
     execute(work, server)
+
+
+async def follow_session(
+    client: Client, session: str, after_seq: int, forever: bool, out: Output
+) -> int:
+    """Print a session's events until it stops (or forever); the exit code of its state."""
+    events = client.watch_session(session, after_seq)
+    if not forever:
+        events = until_idle(client, events, session)
+    state = RunState(session_id=session)
+    if out is Output.json:
+        await print_events(events, state)
+    else:
+        err = output.console(stderr=True)
+        view = LiveView(state, err) if sys.stderr.isatty() else LineView(state, err)
+        await follow(events, state, view)
+    final = await client.get_session(session)
+    status = final.status
+    if out is Output.text:
+        print(f"session {session}: {output.session_status(status)}")
+        if status == pb.SESSION_STATUS_WAITING_FOR_INPUT:
+            print(f"waiting for input: {final.current_step.prompt}")
+            print(f"answer with: flowsvc answer {session} 'YOUR ANSWER'")
+    if status == pb.SESSION_STATUS_WAITING_FOR_INPUT:
+        return WAITING
+    return OK if status == pb.SESSION_STATUS_COMPLETED else RUN_FAILED
+
+
+def fork(
+    session: Annotated[str, typer.Argument(help="the session to fork (it is not changed)")],
+    step: Annotated[
+        str, typer.Argument(help="a completed step of it: its id, or its name (the latest)")
+    ],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="replace an input: key=value or key:=JSON"),
+    ] = None,
+    variables: Annotated[
+        list[str] | None,
+        typer.Option("--var", help="replace a variable: key=value or key:=JSON"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--override", help="step.property=value (or :=JSON), e.g. draft.model=x"),
+    ] = None,
+    version: Annotated[int, typer.Option(help="run this version (default: the step's)")] = 0,
+    server: Server = None,
+    api_key: ApiKey = None,
+    out: OutputOpt = Output.text,
+) -> None:
+    """Fork a session at one of its steps into a new session, which runs again from that step
+    (with the changes given); follow it until it stops."""
+
+    async def work() -> int:
+        async with connect(server, api_key) as client:
+            step_id = step
+            if not _looks_like_id(step):
+                source = await client.get_session(session)
+                named = [s.id for s in source.steps if s.step.name == step]
+                if not named:
+                    raise Failure(USAGE, f"session {session} has no step named {step!r}")
+                step_id = named[-1]
+            forked = await client.fork_session(
+                session_id=session,
+                step_id=step_id,
+                inputs=parse_inputs(inputs or []),
+                variables=parse_inputs(variables or []),
+                override=parse_inputs(overrides or []),
+                version=version,
+            )
+            if out is Output.text:
+                print(f"forked: session {forked.id} (from {session} at step {step_id})")
+            return await follow_session(client, forked.id, 0, False, out)
+
+    execute(work, server)
+
+
+def _looks_like_id(text: str) -> bool:
+    return len(text) == 36 and text.count("-") == 4

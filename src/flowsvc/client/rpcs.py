@@ -218,6 +218,34 @@ class Rpcs(OutboundRpcs):
         return await self._unary(_SS + "SubmitUserInput", request, pb.Session, safe=True,
                                  timeout=timeout)
 
+    async def fork_session(
+        self,
+        *,
+        session_id: str,
+        step_id: str,
+        inputs: JsonObject | None = None,
+        variables: JsonObject | None = None,
+        version: int = 0,
+        override: JsonObject | None = None,
+        wait: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> pb.Session:
+        """A new session from a completed step of `session_id`: its history before the step
+        copied, then run again from it with these changes."""
+        request = ss.ForkSessionRequest(
+            session_id=session_id,
+            step_id=step_id,
+            inputs=struct(inputs),
+            variables=struct(variables),
+            version=version,
+            override=struct(override),
+            wait=wait,
+            request_id=request_id or new_request_id(),
+        )
+        return await self._unary(_SS + "ForkSession", request, pb.Session, safe=True,
+                                 timeout=timeout)
+
     async def cancel_session(self, id: str, *, timeout: float | None = None) -> pb.Session:
         request = ss.CancelSessionRequest(id=id)
         return await self._unary(_SS + "CancelSession", request, pb.Session, safe=False,

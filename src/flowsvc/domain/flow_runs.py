@@ -134,6 +134,16 @@ class FlowRuns(RunStopping):
                 limit="max_active_runs_per_org",
             )
 
+    def check_message_room(self, session_id: str, messages: int) -> None:
+        """A session holding `messages` must have room for the 2 a run adds."""
+        if messages + 2 > self._limits.max_messages_per_session:
+            raise ResourceExhausted(
+                f"the session holds {messages} messages; a run adds 2 and the "
+                f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
+                subject=f"sessions/{session_id}",
+                limit="max_messages_per_session",
+            )
+
     def new_run(
         self,
         org: str,
@@ -323,13 +333,7 @@ class FlowRuns(RunStopping):
                 kind="SESSION_STATE",
                 subject=f"sessions/{session.id}",
             )
-        if len(session.messages) + 2 > self._limits.max_messages_per_session:
-            raise ResourceExhausted(
-                f"the session holds {len(session.messages)} messages; a run adds 2 and the "
-                f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
-                subject=f"sessions/{session.id}",
-                limit="max_messages_per_session",
-            )
+        self.check_message_room(session.id, len(session.messages))
         if not options.version:
             _, version = await self.flow_and_version(
                 org, flow.id, session.version, "flow_id", "options.version"

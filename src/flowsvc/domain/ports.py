@@ -148,6 +148,10 @@ class RunStore(Protocol):
         self, org: str, flow_id: str, session_id: str, page: Page, schedule_id: str = ""
     ) -> list[FlowRun]: ...
 
+    async def session_runs(self, org: str, session_id: str) -> list[FlowRun]:
+        """Every run of the session, oldest first, without their steps."""
+        ...
+
     async def run_steps(self, run_id: str) -> list[SessionStep]: ...
 
     async def events_after(

@@ -158,6 +158,9 @@ class Session:
     request_id: str = ""
     last_seq: int = 0
     request_digest: str = ""
+    # A session made by ForkSession: the session and the step of it this one was forked from.
+    parent_session_id: str = ""
+    forked_from_step_id: str = ""
 
 
 @dataclass(slots=True)

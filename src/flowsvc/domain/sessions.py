@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,28 +120,42 @@ class Sessions:
         problems = self._check_new(spec)
         if problems:
             raise InvalidArgument(problems)
-        if not spec.request_id:
-            session_id, run_id, committed = await self._create(
-                org, flow_id, inputs, version_number, spec, ""
-            )
-            return await self._answer(org, session_id, run_id, committed, wait)
         digest = request_digest("CreateSession", flow_id, inputs, version_number, spec)
+        return await self.once(
+            org,
+            spec.request_id,
+            digest,
+            lambda d: self._create(org, flow_id, inputs, version_number, spec, d),
+            wait,
+        )
+
+    async def once(
+        self,
+        org: str,
+        request_id: str,
+        digest: str,
+        make: Callable[[str], Awaitable[tuple[str, str, asyncio.Future[None]]]],
+        wait: bool,
+    ) -> SessionView:
+        """Make a session (make(digest) -> session id, its run's id, its first commit) once
+        per request_id: a retry answers with the session the first request made."""
+        if not request_id:
+            session_id, run_id, committed = await make("")
+            return await self._answer(org, session_id, run_id, committed, wait)
 
         async def lookup() -> str | None:
-            found = await self._store.session_by_request(org, spec.request_id)
+            found = await self._store.session_by_request(org, request_id)
             return None if found is None else found.id
 
         while True:
             existing_id, claim = await self._flow_runs.claims.claim(
-                ("session", org, spec.request_id), lookup
+                ("session", org, request_id), lookup
             )
             if existing_id is not None:
-                return await self._earlier(org, existing_id, spec.request_id, digest, wait)
+                return await self._earlier(org, existing_id, request_id, digest, wait)
             assert claim is not None
             try:
-                session_id, run_id, committed = await self._create(
-                    org, flow_id, inputs, version_number, spec, digest
-                )
+                session_id, run_id, committed = await make(digest)
                 await committed  # the unique request_id decides between replicas
             except RequestIdTaken:
                 claim.release()

@@ -51,7 +51,8 @@ _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
 # to the request.
 _NOT_UPDATED = {
     "sessions": {"id", "last_seq", "owner_id", "lease_epoch", "lease_expires_ms",
-                 "request_id", "request_digest", "created_at"},
+                 "request_id", "request_digest", "created_at", "parent_session_id",
+                 "forked_from_step_id"},
     "runs": {"id", "cancel_requested", "request_id", "request_digest", "trace_context",
              "created_at"},
     "steps": {"id", "created_at"},

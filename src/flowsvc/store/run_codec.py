@@ -81,6 +81,8 @@ def session_row(s: Session) -> dict[str, Any]:
         "artifact": s.artifact,
         "request_id": s.request_id or None,
         "request_digest": s.request_digest,
+        "parent_session_id": s.parent_session_id,
+        "forked_from_step_id": s.forked_from_step_id,
         "last_seq": s.last_seq,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
@@ -113,6 +115,8 @@ def session_from(r: Any) -> Session:
         request_id=r.request_id or "",
         request_digest=getattr(r, "request_digest", "") or "",
         last_seq=r.last_seq,
+        parent_session_id=getattr(r, "parent_session_id", "") or "",
+        forked_from_step_id=getattr(r, "forked_from_step_id", "") or "",
     )
 
 

@@ -183,6 +183,12 @@ class SqlRunStore:
             rows = (await conn.execute(newest_first(query, runs, page))).all()
         return [run_from(r) for r in rows]
 
+    async def session_runs(self, org: str, session_id: str) -> list[FlowRun]:
+        query = select(runs).where(runs.c.organisation_id == org, runs.c.session_id == session_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.order_by(runs.c.created_at, runs.c.id))).all()
+        return [run_from(r) for r in rows]
+
     async def run_steps(self, run_id: str) -> list[SessionStep]:
         async with self.db.read() as conn:
             return await self._steps(conn, _RUN_STEPS, {"run_id": run_id})

@@ -145,6 +145,9 @@ class SessionRow(SQLModel, table=True):
     lease_epoch: int = Field(default=0)
     lease_expires_ms: int = Field(sa_column=Column(BigInteger(), nullable=False, default=0))
     request_digest: str = Field(default="", max_length=64)
+    # A session made by ForkSession: the session and step it was forked from.
+    parent_session_id: str = Field(default="", max_length=36)
+    forked_from_step_id: str = Field(default="", max_length=36)
 
 
 class FlowRunRow(SQLModel, table=True):

@@ -70,6 +70,8 @@ class RunContext:
     yield_due: bool = False
     # Resolves once the run's first state (and a new session) is committed.
     first_commit: asyncio.Future[None] | None = None
+    # A forked session's copied runs: inserted with the run's first commit.
+    copied_runs: list[FlowRun] = field(default_factory=list)
 
 
 class EngineCore:
@@ -225,13 +227,14 @@ class EngineCore:
             session=ctx.state.session,
             epoch=ctx.state.epoch,
             session_is_new=ctx.new_session,
-            new_runs=[ctx.run] if ctx.new_run else [],
+            new_runs=[ctx.run, *ctx.copied_runs] if ctx.new_run else [],
             runs=[] if ctx.new_run else [ctx.run],
             new_steps=list(ctx.buffered_new_steps.values()),
             steps=list(ctx.buffered_steps.values()),
             events=ctx.buffered_events,
         )
         ctx.new_session = ctx.new_run = False
+        ctx.copied_runs = []
         ctx.buffered_new_steps, ctx.buffered_steps, ctx.buffered_events = {}, {}, []
         ctx.dirty = False
         ctx.yield_due = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from flowsvc.domain.engine.journal import TERMINAL_RUN, RunContext, StepFailure
 from flowsvc.domain.engine.session_ops import SessionOperations
@@ -44,15 +45,30 @@ class Engine(SessionOperations, StepExecution):
     # -- starting runs -----------------------------------------------------------------
 
     def start(
-        self, state: SessionState, run: FlowRun, version: FlowVersion, *, new_session: bool
+        self,
+        state: SessionState,
+        run: FlowRun,
+        version: FlowVersion,
+        *,
+        new_session: bool,
+        copied_steps: Sequence[SessionStep] = (),
+        copied_runs: Sequence[FlowRun] = (),
     ) -> asyncio.Future[None]:
         """Launch a queued run (on a new session or an existing one). Its rows are written
-        with its first moves; the returned future resolves once they are committed."""
+        with its first moves; the returned future resolves once they are committed.
+
+        A forked session's history (copied_steps, copied_runs) is written in that same first
+        commit; the copied steps of `run` itself are its completed prefix: the run goes on
+        after them, as a run resumed from its committed steps does."""
         state.session.updated_at = self._clock()
         ctx = self._context(state, run, version)
         ctx.new_session = new_session
         ctx.new_run = True
         ctx.dirty = True
+        for s in copied_steps:
+            ctx.buffered_new_steps[s.id] = s
+        run.steps = [s for s in copied_steps if s.run_id == run.id]
+        ctx.copied_runs = list(copied_runs)
         first = ctx.first_commit = asyncio.get_running_loop().create_future()
 
         def stored(done: asyncio.Future[None]) -> None:
@@ -203,9 +219,9 @@ class Engine(SessionOperations, StepExecution):
     async def _load_progress(self, ctx: RunContext) -> None:
         """A run that went on before (resumed, or answered) picks up its committed steps."""
         run = ctx.run
-        if run.status is RunStatus.QUEUED or ctx.new_run:
-            return
-        run.steps = await self._runs.run_steps(run.id)
+        if run.status is not RunStatus.QUEUED and not ctx.new_run:
+            run.steps = await self._runs.run_steps(run.id)
+        # (A new run has no steps, unless a fork gave it its completed prefix.)
         for s in run.steps:
             if s.status is StepStatus.COMPLETED:
                 ctx.results[s.step.name] = s.result
@@ -219,7 +235,9 @@ class Engine(SessionOperations, StepExecution):
         last = ctx.run.steps[-1]
         if last.status is StepStatus.RUNNING:
             return None, last
-        return ctx.graph.next_step(last.step, last.result), None
+        # By name: a forked run's prefix may come from another version of the flow.
+        step = ctx.graph.by_name.get(last.step.name, last.step)
+        return ctx.graph.next_step(step, last.result), None
 
     async def _walk(self, ctx: RunContext) -> None:
         run, session = ctx.run, ctx.state.session

@@ -362,6 +362,10 @@ class FlowRuns(RunStopping):
 
     async def finished(self, started: Started) -> FlowRun:
         """The run once it stops (finished, or waiting for input)."""
+        if started.committed is not None:
+            # A first commit lost (the database went away) leaves no run to wait for or
+            # read: the caller learns UNAVAILABLE (retry), never that the run is NOT_FOUND.
+            await started.committed
         return await self.finished_by_id(started.run.organisation_id, started.run.id)
 
     async def finished_by_id(self, org: str, run_id: str) -> FlowRun:

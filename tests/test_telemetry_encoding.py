@@ -1,0 +1,80 @@
+"""The lean telemetry pieces against their references: spans encoded by hand parse as the
+OTLP protobuf messages they claim to be (with the OpenTelemetry protos' own parser), and lean
+histograms render the buckets prometheus-client's own Histogram renders."""
+
+from __future__ import annotations
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from flowsvc.observability.metrics import LeanCounter, LeanHistogram
+from flowsvc.observability.otlp import encode_span, request_encoder
+
+
+def test_a_span_encoded_by_hand_parses_as_otlp_with_every_field() -> None:
+    trace_id, span_id, parent = bytes(range(1, 17)), bytes(range(20, 28)), bytes(range(30, 38))
+    linked = (bytes(range(40, 56)), bytes(range(60, 68)))
+    attributes = {"s": "é" * 100, "i": -3, "big": 2**40, "f": 0.25, "t": True, "n": False}
+    record = (
+        trace_id, span_id, parent, "step draft", 3, 1_700_000_000_123_456_789,
+        1_700_000_000_223_456_789, attributes, "boom",
+        [(1_700_000_000_200_000_000, "exception", {"exception.type": "ValueError"})],
+        [linked], 0x300,
+    )
+    request = request_encoder({"service.name": "flowsvc-test"}, "flowsvc")
+    parsed = ExportTraceServiceRequest.FromString(request([encode_span(record)] * 2))
+    (resource,) = parsed.resource_spans
+    assert [(a.key, a.value.string_value) for a in resource.resource.attributes] == [
+        ("service.name", "flowsvc-test")
+    ]
+    (scope,) = resource.scope_spans
+    assert scope.scope.name == "flowsvc"
+    assert len(scope.spans) == 2
+    span = scope.spans[0]
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (trace_id, span_id, parent)
+    assert (span.name, span.kind) == ("step draft", span.SPAN_KIND_CLIENT)
+    assert (span.start_time_unix_nano, span.end_time_unix_nano) == record[5:7]
+    got = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
+    assert got == attributes
+    assert (span.status.code, span.status.message) == (span.status.STATUS_CODE_ERROR, "boom")
+    (event,) = span.events
+    assert (event.name, event.time_unix_nano) == ("exception", 1_700_000_000_200_000_000)
+    assert event.attributes[0].value.string_value == "ValueError"
+    (link,) = span.links
+    assert (link.trace_id, link.span_id) == linked
+    assert span.flags == 0x300
+
+
+def test_a_span_without_parent_status_events_or_links_leaves_them_unset() -> None:
+    record = (b"\x01" * 16, b"\x02" * 8, b"", "run", 1, 1, 2, {}, None, None, None, 0x100)
+    span = ExportTraceServiceRequest.FromString(
+        request_encoder({}, "flowsvc")([encode_span(record)])
+    ).resource_spans[0].scope_spans[0].spans[0]
+    assert span.parent_span_id == b"" and not span.HasField("status")
+    assert (len(span.events), len(span.links), span.kind) == (0, 0, span.SPAN_KIND_INTERNAL)
+
+
+def test_lean_histogram_and_counter_render_as_prometheus_clients_own() -> None:
+    values = [0.0005, 0.001, 0.003, 0.2, 7.0, 400.0, 0.001]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    lean = LeanHistogram("x_seconds", "X.", ("method",))
+    ours.register(lean)
+    reference = Histogram("x_seconds", "X.", ("method",), registry=theirs, buckets=(
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
+    ))
+    for v in values:
+        lean.labels("Get").observe(v)
+        reference.labels("Get").observe(v)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if not line.startswith("#")
+                and "_created" not in line]
+
+    assert samples(ours) == samples(theirs)
+    counter = LeanCounter("calls", "Calls.", ("code",))
+    registry = CollectorRegistry()
+    registry.register(counter)
+    counter.labels("OK").inc()
+    counter.labels("OK").inc(2)
+    assert 'calls_total{code="OK"} 3.0' in generate_latest(registry).decode()

@@ -3,10 +3,10 @@
 A call's line (the most frequent one by far: one per RPC at INFO) is built in one C
 `json.dumps` call, without `logging`'s record and formatter layers; other lines go through
 `logging` as usual. Both reach standard error through one buffered sink, in the order they were
-written: it writes what it holds at most FLUSH_SECONDS after the first line of a batch, at
-once for a line at WARNING or above (with everything before it), when it holds BATCH_LINES
-lines, and at exit (so a SIGTERM loses nothing; a SIGKILL loses at most the last
-FLUSH_SECONDS of INFO lines).
+written: a flusher thread writes what it holds every FLUSH_SECONDS; a line at WARNING or
+above is written at once (with everything before it), and so is a batch of BATCH_LINES lines;
+the rest at exit (so a SIGTERM loses nothing; a SIGKILL loses at most the last FLUSH_SECONDS
+of INFO lines).
 """
 
 from __future__ import annotations
@@ -41,21 +41,17 @@ class Sink:
         self._lines: list[str] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # one batch written at a time, in order
-        self._pending = threading.Event()
         self._flusher_started = False
 
     def write(self, line: str, urgent: bool = False) -> None:
         with self._lock:
             lines = self._lines
             lines.append(line)
-            first = len(lines) == 1
         if urgent or len(lines) >= BATCH_LINES:
             self.flush()
-        elif first:
-            if not self._flusher_started:
-                self._flusher_started = True
-                threading.Thread(target=self._flusher, name="log-flusher", daemon=True).start()
-            self._pending.set()
+        elif not self._flusher_started:
+            self._flusher_started = True
+            threading.Thread(target=self._flusher, name="log-flusher", daemon=True).start()
 
     def flush(self) -> None:
         with self._write_lock:
@@ -70,11 +66,12 @@ class Sink:
                     pass  # standard error closed: nowhere left to say it
 
     def _flusher(self) -> None:
+        # It wakes on its own rather than being woken: waking a thread from the writer's
+        # (the event loop's) side costs that side a futex call and a GIL hand-over a line.
         while True:
-            self._pending.wait()
             time.sleep(self._flush_seconds)
-            self._pending.clear()
-            self.flush()
+            if self._lines:
+                self.flush()
 
 
 SINK = Sink()

@@ -14,7 +14,10 @@ from flowsvc.observability.otlp import encode_span, request_encoder
 def test_a_span_encoded_by_hand_parses_as_otlp_with_every_field() -> None:
     trace_id, span_id, parent = bytes(range(1, 17)), bytes(range(20, 28)), bytes(range(30, 38))
     linked = (bytes(range(40, 56)), bytes(range(60, 68)))
-    attributes = {"s": "é" * 100, "i": -3, "big": 2**40, "f": 0.25, "t": True, "n": False}
+    attributes = {
+        "s": "é" * 100, "i": -3, "big": 2**40, "f": 0.25, "t": True, "n": False, "one": 1,
+        "service.name": "flowsvc-test",  # as the resource's: kept encodings are per field
+    }
     record = (
         trace_id, span_id, parent, "step draft", 3, 1_700_000_000_123_456_789,
         1_700_000_000_223_456_789, attributes, "boom",
@@ -36,6 +39,14 @@ def test_a_span_encoded_by_hand_parses_as_otlp_with_every_field() -> None:
     assert (span.start_time_unix_nano, span.end_time_unix_nano) == record[5:7]
     got = {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
     assert got == attributes
+    assert isinstance(got["one"], int) and not isinstance(got["one"], bool)
+    again = {"t": 1, "one": True, "i": "-3"}  # same keys, values equal in Python, other types
+    again_span = ExportTraceServiceRequest.FromString(
+        request([encode_span((*record[:7], again, *record[8:]))])
+    ).resource_spans[0].scope_spans[0].spans[0]
+    assert {a.key: a.value.WhichOneof("value") for a in again_span.attributes} == {
+        "t": "int_value", "one": "bool_value", "i": "string_value"
+    }
     assert (span.status.code, span.status.message) == (span.status.STATUS_CODE_ERROR, "boom")
     (event,) = span.events
     assert (event.name, event.time_unix_nano) == ("exception", 1_700_000_000_200_000_000)

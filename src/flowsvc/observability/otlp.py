@@ -65,14 +65,29 @@ def _value(v: Any) -> bytes:
     return _field(b"\x0a", str(v).encode())
 
 
+# Encoded KeyValues (by field tag) of attributes with short string values, which repeat
+# (method names, step names and types, models, outcomes); ids are longer and not kept.
+_PAIRS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
+_PAIRS_MAX = 4096
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     """Repeated KeyValue under `tag`."""
     parts = []
-    for key, v in attributes.items():
-        k = _KEYS.get(key)
-        if k is None:
-            k = _KEYS[key] = _field(b"\x0a", key.encode())
-        parts.append(_field(tag, k + _field(b"\x12", _value(v))))
+    pairs = _PAIRS.get(tag)
+    if pairs is None:
+        pairs = _PAIRS[tag] = {}
+    for item in attributes.items():
+        kv = pairs.get(item)
+        if kv is None:
+            key, v = item
+            k = _KEYS.get(key)
+            if k is None:
+                k = _KEYS[key] = _field(b"\x0a", key.encode())
+            kv = _field(tag, k + _field(b"\x12", _value(v)))
+            if isinstance(v, str) and len(v) <= 24 and len(pairs) < _PAIRS_MAX:
+                pairs[item] = kv
+        parts.append(kv)
     return b"".join(parts)
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -30,7 +31,8 @@ def test_a_span_encoded_by_hand_parses_as_otlp_with_every_field() -> None:
     trace_id, span_id, parent = bytes(range(1, 17)), bytes(range(20, 28)), bytes(range(30, 38))
     linked = (bytes(range(40, 56)), bytes(range(60, 68)))
     attributes = {
-        "s": "é" * 100, "i": -3, "big": 2**40, "f": 0.25, "t": True, "n": False, "one": 1,
+        "s": "é" * 100, "m": "é" * 61, "m2": "é" * 63, "u": "a" * 40,  # lengths' two paths
+        "i": -3, "big": 2**40, "f": 0.25, "t": True, "n": False, "one": 1,
         "service.name": "flowsvc-test",  # as the resource's: kept encodings are per field
     }
     record = (
@@ -192,3 +194,19 @@ def test_a_resumed_run_links_to_the_trace_it_began_in() -> None:
     assert span.trace_id.hex() != origin_trace  # a trace of its own, linked
     with tracer.server_span("svc/Call", {}, {}):  # started by a call: its child, no link
         assert Observed(None, tracer).run_span(run).links is None  # type: ignore[arg-type, attr-defined]
+
+
+def test_the_configured_sampler_decides_at_a_local_root_and_children_follow_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on = tracer_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")  # the SDK reads it from os.environ
+    off = tracer_from_env({"OTEL_TRACES_EXPORTER": "console"})
+    assert off is not None and on is not None
+    with off.server_span("svc/Call", {}, {}) as root:
+        assert not root.sampled and not off.span("run", 1, {}).sampled
+        assert root.traceparent().endswith("-00")  # still propagated, as not sampled
+    with on.server_span("svc/Call", {}, {}) as root:
+        assert root.sampled and on.span("run", 1, {}).sampled
+    caller_not_sampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
+    assert not on.server_span("svc/Call", {}, caller_not_sampled).sampled

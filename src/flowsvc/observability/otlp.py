@@ -84,7 +84,15 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
             k = _KEYS.get(key)
             if k is None:
                 k = _KEYS[key] = _field(b"\x0a", key.encode())
-            kv = _field(tag, k + _field(b"\x12", _value(v)))
+            if type(v) is str and len(v) < 64:  # the usual: one byte a length, two at most
+                data = v.encode()
+                n = len(data)
+                body = k + bytes((0x12, n + 2, 0x0A, n)) + data if n < 126 else (
+                    k + _field(b"\x12", _value(v))
+                )
+                kv = _field(tag, body)
+            else:
+                kv = _field(tag, k + _field(b"\x12", _value(v)))
             if isinstance(v, str) and len(v) <= 24 and len(pairs) < _PAIRS_MAX:
                 pairs[item] = kv
         parts.append(kv)

@@ -204,6 +204,11 @@ def model_called(model: str, outcome: str, input_tokens: int, output_tokens: int
 class Tracer:
     def __init__(self, sampler: Any, exporter: Exporter) -> None:
         self.sampler = sampler
+        # The default, parentbased_always_on (or always_on): a trace started here is sampled.
+        description = sampler.get_description()
+        self._root_always_on = description == "AlwaysOnSampler" or description.startswith(
+            "ParentBased{root:AlwaysOnSampler,"
+        )
         self.exporter = exporter
         self._fields = frozenset(get_global_textmap().fields)
 
@@ -255,12 +260,14 @@ class Tracer:
                 flags |= _IS_REMOTE
         if not trace_id:
             trace_id = _randbytes(16)
-        decision = self.sampler.should_sample(
-            remote, int.from_bytes(trace_id), name, _KINDS[kind], attributes, None
-        )
+        if not parent_id and self._root_always_on:
+            sampled = True  # what the sampler would say without a parent: no need to ask
+        else:
+            sampled = self.sampler.should_sample(
+                remote, int.from_bytes(trace_id), name, _KINDS[kind], attributes, None
+            ).decision.is_sampled()
         return cls(
-            self, name, kind, attributes, trace_id, parent_id,
-            decision.decision.is_sampled(), None, flags, links,
+            self, name, kind, attributes, trace_id, parent_id, sampled, None, flags, links
         )
 
     def shutdown(self) -> None:

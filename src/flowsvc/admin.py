@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(serve(settings))
         except (OSError, ValueError) as exc:
+            logs.flush()  # the lines logged before it come first
             print(f"flowsvc: {exc}", file=sys.stderr)
             return 1
         return 0

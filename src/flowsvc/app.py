@@ -43,7 +43,7 @@ from flowsvc.domain.telemetry import NoTelemetry
 from flowsvc.domain.tools import HttpTool
 from flowsvc.observability.metrics import Metrics
 from flowsvc.observability.telemetry import Observed
-from flowsvc.observability.tracing import tracer_provider_from_env
+from flowsvc.observability.tracing import tracer_from_env
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
@@ -143,10 +143,10 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         writer.on_committed.append(feed.committed)
     providers, closers, http_tool = build_tools(settings)
     metrics = Metrics(settings.metrics_flow_ids) if settings.metrics_listen else None
-    tracer_provider = tracer_provider_from_env()
+    tracer = tracer_from_env()
     telemetry = (
-        Observed(metrics, tracer_provider)
-        if metrics is not None or tracer_provider is not None
+        Observed(metrics, tracer)
+        if metrics is not None or tracer is not None
         else NoTelemetry()
     )
     engine = Engine(
@@ -191,7 +191,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     catalog = FlowCatalog(store, settings.limits, run_store, flow_runs.stop_flow_runs)
 
-    guard = CallGuard(keys, settings.max_request_bytes, CallObserver(metrics, tracer_provider))
+    guard = CallGuard(keys, settings.max_request_bytes, CallObserver(metrics, tracer))
     if metrics is not None:
         metrics.sample(
             engine.active_count,
@@ -271,7 +271,7 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         workers,
         metrics,
         settings.metrics_listen,
-        tracer_provider,
+        tracer,
     )
     writer.on_requeue = lambda _sessions: flow_server.coordinator.wake()
     return flow_server, port

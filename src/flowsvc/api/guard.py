@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from flowsvc import logs
 from flowsvc.api.decode import Refusal, checked, core_receive_limit
 from flowsvc.api.observe import Call, CallObserver
 from flowsvc.api.status import rich_status, status_of
@@ -107,9 +108,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @staticmethod
     def _log(call: Call, code: grpc.StatusCode) -> None:
-        seconds = call.finish(code)
-        if log.isEnabledFor(logging.INFO):
-            log.info("rpc", extra={"code": code.name, "duration_ms": round(seconds * 1000, 3)})
+        logs.call_line(call.fields, code.name, call.finish(code))
 
     async def intercept_service(
         self,

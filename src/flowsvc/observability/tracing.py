@@ -4,8 +4,9 @@ Off (and costless) unless OTEL_TRACES_EXPORTER names an exporter: `otlp` (protoc
 OTEL_EXPORTER_OTLP_TRACES_PROTOCOL / OTEL_EXPORTER_OTLP_PROTOCOL: `http/protobuf`, the
 default, or `grpc`; endpoint, headers and timeouts from the exporters' own OTEL_EXPORTER_OTLP_*
 variables), or `console`. OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES name the service;
-OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose the sampler. The SDK is imported only
-when tracing is on.
+OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose the sampler; OTEL_BSP_* the batching.
+The SDK is imported only when tracing is on, and used for its configuration: spans are recorded
+and encoded by flowsvc.observability.spans and .otlp, at a fraction of the SDK's cost.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 SUPPORTED = ("otlp", "console", "none")
 
 
-def tracer_provider_from_env(env: Mapping[str, str] = os.environ) -> Any | None:
+def tracer_from_env(env: Mapping[str, str] = os.environ) -> Any | None:
+    """A flowsvc.observability.spans.Tracer, or None with tracing off."""
     names = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     names = [n for n in names if n != "none"]
     if not names:
@@ -29,29 +31,25 @@ def tracer_provider_from_env(env: Mapping[str, str] = os.environ) -> Any | None:
         )
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    from flowsvc.observability import otlp
+    from flowsvc.observability.spans import Tracer
 
     attributes = {} if env.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: "flowsvc"}
+    # The SDK's provider is made for its configuration only: the sampler and the resource
+    # it reads from the environment.
     provider = TracerProvider(resource=Resource.create(attributes))
+    transports: list[Any] = []
     for name in names:
-        exporter: Any
         if name == "console":
-            exporter = ConsoleSpanExporter()
-        else:
-            protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
-                "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-            )
-            if protocol == "grpc":
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-                    OTLPSpanExporter as GrpcExporter,
-                )
-
-                exporter = GrpcExporter()
-            else:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter as HttpExporter,
-                )
-
-                exporter = HttpExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    return provider
+            transports.append(otlp.ConsoleTransport())
+            continue
+        protocol = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol == "grpc":
+            transports.append(otlp.GrpcTransport(env))
+        else:  # http/protobuf (what an OTLP/HTTP collector takes for any http/* asked)
+            transports.append(otlp.HttpTransport(env))
+    request = otlp.request_encoder(dict(provider.resource.attributes), "flowsvc")
+    return Tracer(provider.sampler, otlp.Exporter(env, transports, request))

@@ -32,6 +32,7 @@ from flowsvc.domain.runs import (
     SessionStep,
     StepStatus,
 )
+from flowsvc.domain.telemetry import NO_SPAN, Span
 from flowsvc.domain.templates import MissingValue, RenderContext, render
 from flowsvc.domain.tools import HttpCall, ToolError
 
@@ -187,7 +188,14 @@ class StepExecution(EngineCore):
         parts: list[str] = []
         model_name = config.model or DEFAULT_MODEL
         outcome = "error"
-        with self.telemetry.call_span(f"chat {model_name}", "model", model_name) as span:
+        # A client span only for a call that leaves the process (the builtin model answers in
+        # it: its step's span carries the model and the tokens).
+        call: Span = (
+            NO_SPAN
+            if provider.instant
+            else self.telemetry.call_span(f"chat {model_name}", "model", model_name)
+        )
+        with call as span:
             try:
                 # An instant provider (builtin) answers without waiting: no timer to arm.
                 limit = contextlib.nullcontext() if provider.instant else asyncio.timeout(

@@ -216,6 +216,16 @@ def messages_of(session: Session, run: FlowRun | None, *contents: str) -> list[M
     return added
 
 
+async def session_with_a_turn(
+    r: Replica, version: FlowVersion
+) -> tuple[Session, FlowRun, list[Message]]:
+    """A session whose run added a question and its answer to the conversation."""
+    session, run = await new_session_with_run(r, version)
+    turn = messages_of(session, run, "question", "answer")
+    await r.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=turn))
+    return session, run, turn
+
+
 async def seqs(r: Replica, session_id: str, run_id: str = "") -> list[int]:
     return [e.seq for e in await r.runs.events_after(session_id, 0, run_id, 10_000)]
 
@@ -345,15 +355,9 @@ def test_deleting_a_session_deletes_its_runs_steps_events_and_messages(
 ) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)
-        session, run = await new_session_with_run(a, version)
+        session, run, _ = await session_with_a_turn(a, version)
         await a.runs.record(
-            Journal(
-                session=session,
-                epoch=1,
-                runs=[run],
-                new_steps=[a_step(run, version, 1)],
-                new_messages=messages_of(session, run, "hello", "hi"),
-            )
+            Journal(session=session, epoch=1, runs=[run], new_steps=[a_step(run, version, 1)])
         )
         assert len(await a.runs.session_messages(session.id)) == 2
         assert await b.runs.delete_session(ORG, session.id)
@@ -543,9 +547,7 @@ def test_messages_are_appended_with_their_run_and_read_in_order(database_url: st
 def test_a_session_write_carries_only_the_messages_it_adds(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)
-        session, run = await new_session_with_run(a, version)
-        first = messages_of(session, run, "question", "answer")
-        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=first))
+        session, _, first = await session_with_a_turn(a, version)
         # Whatever the writer holds in memory, a write that adds none leaves them as they are.
         session.messages = [*first, *first]
         session.name = "renamed"
@@ -560,9 +562,7 @@ def test_a_session_write_carries_only_the_messages_it_adds(database_url: str) ->
 def test_a_refused_journal_appends_no_messages(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)
-        session, run = await new_session_with_run(a, version)
-        kept = messages_of(session, run, "question", "answer")
-        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=kept))
+        session, run, kept = await session_with_a_turn(a, version)
         await asyncio.sleep(LEASE * 2.5)
         claim = await b.leases.claim_session(ORG, session.id)
         assert claim.epoch == 2 and claim.session is not None
@@ -586,9 +586,7 @@ def test_a_refused_journal_appends_no_messages(database_url: str) -> None:
 def test_deleting_a_flow_deletes_its_sessions_messages(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)
-        session, run = await new_session_with_run(a, version)
-        added = messages_of(session, run, "question", "answer")
-        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=added))
+        session, _, _ = await session_with_a_turn(a, version)
         assert await b.flows.delete_flow(ORG, version.flow_id)
         assert await a.runs.session_messages(session.id) == []
         assert await a.runs.get_session(ORG, session.id) is None

@@ -37,7 +37,6 @@ from flowsvc.domain.run_requests import (
 from flowsvc.domain.runs import (
     FlowRun,
     RunEvent,
-    RunStatus,
     Session,
     SessionStatus,
 )
@@ -128,39 +127,6 @@ class FlowRuns(SessionRuns):
                 subject=f"organisations/{org}",
                 limit="max_active_runs_per_org",
             )
-
-    def new_run(
-        self,
-        org: str,
-        flow_id: str,
-        session_id: str,
-        version: FlowVersion,
-        body: dict[str, Any],
-        options: RunOptions,
-        request_id: str,
-        parent_run_id: str = "",
-    ) -> FlowRun:
-        now = self._clock()
-        return FlowRun(
-            parent_run_id=parent_run_id,
-            id=new_id(),
-            organisation_id=org,
-            flow_id=flow_id,
-            session_id=session_id,
-            flow_version_id=version.id,
-            version=version.version,
-            body=body,
-            override=dict(options.override),
-            status=RunStatus.QUEUED,
-            created_at=now,
-            updated_at=now,
-            eval_options=dict(options.eval_options),
-            request_id=request_id,
-            trace_context=self._engine.telemetry.trace_context(),
-            schedule_id=options.schedule_id,
-            scheduled_time=options.scheduled_time,
-            webhook_url=options.webhook_url,
-        )
 
     def new_session(
         self,

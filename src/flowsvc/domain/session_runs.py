@@ -22,12 +22,13 @@ from flowsvc.domain.errors import (
     InvalidArgument,
     ResourceExhausted,
 )
+from flowsvc.domain.ids import new_id
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import FlowVersion, LiveFlow
 from flowsvc.domain.ports import Leases, RunStore
 from flowsvc.domain.run_requests import MultitaskStrategy, RunOptions, Started
 from flowsvc.domain.run_stopping import RunStopping
-from flowsvc.domain.runs import FlowRun, Journal, Session, SessionStatus
+from flowsvc.domain.runs import FlowRun, Journal, RunStatus, Session, SessionStatus
 
 
 class SessionRuns(RunStopping):
@@ -53,7 +54,28 @@ class SessionRuns(RunStopping):
         request_id: str,
         parent_run_id: str = "",
     ) -> FlowRun:
-        raise NotImplementedError
+        """A QUEUED run (on a new session, or on this one)."""
+        now = self._clock()
+        return FlowRun(
+            parent_run_id=parent_run_id,
+            id=new_id(),
+            organisation_id=org,
+            flow_id=flow_id,
+            session_id=session_id,
+            flow_version_id=version.id,
+            version=version.version,
+            body=body,
+            override=dict(options.override),
+            status=RunStatus.QUEUED,
+            created_at=now,
+            updated_at=now,
+            eval_options=dict(options.eval_options),
+            request_id=request_id,
+            trace_context=self._engine.telemetry.trace_context(),
+            schedule_id=options.schedule_id,
+            scheduled_time=options.scheduled_time,
+            webhook_url=options.webhook_url,
+        )
 
     async def _start_on_session(
         self,

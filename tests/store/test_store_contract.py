@@ -369,6 +369,27 @@ def test_deleting_a_session_deletes_its_runs_steps_events_and_messages(
     run_on(database_url, body)
 
 
+def test_the_last_step_is_read_from_the_end_with_a_status_or_without_some(
+    database_url: str,
+) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, run = await new_session_with_run(a, version)
+        made = [a_step(run, version, n) for n in range(1, 5)]
+        made[1].status = StepStatus.WAITING_FOR_INPUT
+        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_steps=made))
+        last = await b.runs.last_step(session.id)
+        assert last is not None and last.id == made[3].id
+        waiting = await b.runs.last_step(session.id, StepStatus.WAITING_FOR_INPUT.value)
+        assert waiting is not None and waiting.id == made[1].id
+        kept = await b.runs.last_step(session.id, excluding={made[3].id, made[2].id})
+        assert kept is not None and kept.id == made[1].id
+        assert await b.runs.last_step(session.id, StepStatus.FAILED.value) is None
+        assert await b.runs.last_step(session.id, excluding={m.id for m in made}) is None
+
+    run_on(database_url, body)
+
+
 def test_a_request_id_makes_one_run_and_a_second_insert_is_told(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -132,7 +132,12 @@ class RunStore(Protocol):
         """The session's conversation, oldest first (run_id and position set)."""
         ...
 
-    async def session_steps(self, session_id: str) -> list[SessionStep]: ...
+    async def last_step(
+        self, session_id: str, status: str = "", excluding: Collection[str] = ()
+    ) -> SessionStep | None:
+        """The session's latest step (with that status; none of `excluding`): read from the
+        end, not the session's whole history."""
+        ...
 
     async def session_with_steps(
         self, org: str, session_id: str

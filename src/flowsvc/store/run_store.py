@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -146,9 +147,17 @@ class SqlRunStore:
             conversation = await self._messages_of(conn, [session_id])
         return session_from(row, conversation[session_id]), found
 
-    async def session_steps(self, session_id: str) -> list[SessionStep]:
+    async def last_step(
+        self, session_id: str, status: str = "", excluding: Collection[str] = ()
+    ) -> SessionStep | None:
+        query = select(steps).where(steps.c.session_id == session_id)
+        if status:
+            query = query.where(steps.c.status == status)
+        if excluding:
+            query = query.where(steps.c.id.not_in(list(excluding)))
         async with self.db.read() as conn:
-            return await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
+            found = await self._steps(conn, query.order_by(steps.c.position.desc()).limit(1))
+        return found[0] if found else None
 
     async def step_by_input_request(self, session_id: str, request_id: str) -> SessionStep | None:
         async with self.db.read() as conn:

@@ -118,6 +118,34 @@ def test_messages_per_session_are_limited(tight: Tight) -> None:
     assert "max_messages_per_session" in (err.details() or "")
 
 
+def test_the_messages_a_session_was_created_with_count_toward_the_limit(tight: Tight) -> None:
+    c = tight.client
+    flow = c.flows.CreateLiveFlow(create_request())
+    session = c.sessions.CreateSession(
+        ss.CreateSessionRequest(
+            live_flow_id=flow.id,
+            inputs=struct(question="q"),
+            messages=[
+                pb.Message(role="user", content="a"),
+                pb.Message(role="assistant", content="b"),
+            ],
+            wait=True,
+        )
+    )
+    assert len(session.messages) == 4  # the two given, then its first run's two
+    err = rpc_error(
+        lambda: c.runs.RunFlow(
+            fr.RunFlowRequest(
+                flow_id=flow.id,
+                body=struct(question="q"),
+                options=pb.RunOptions(session_id=session.id),
+            )
+        ),
+        EXHAUSTED,
+    )
+    assert "holds 4 messages" in (err.details() or "")
+
+
 def test_oversized_inputs_are_invalid(tight: Tight) -> None:
     c = tight.client
     flow = c.flows.CreateLiveFlow(create_request())

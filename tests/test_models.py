@@ -3,9 +3,11 @@ HTTP tool steps against loopback targets."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -324,3 +326,64 @@ def test_cancel_stops_the_step_in_flight(models: Models) -> None:
     assert result and result[0].status == pb.RUN_STATUS_CANCELLED
     events = list(models.client.runs.WatchRun(fr.WatchRunRequest(run_id=running.id)))
     assert events[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED
+
+
+def test_history_holds_the_given_messages_and_is_read_back_by_a_server_that_did_not_write_it(
+    tmp_path: Path,
+) -> None:
+    """A session's conversation is stored one message a row: the messages it was created
+    with, then each run's two; a server that never held the session reads them all back."""
+    fake = FakeOpenAI()
+    url = sqlite_url(tmp_path / "db.sqlite")
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database_url=url,
+        openai_base_url=f"{fake.url}/v1",
+        openai_api_key=API_KEY,
+    )
+    key = mint_key(url, "acme")
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(fake.close)
+        with contextlib.ExitStack() as first_life:
+            first = InProcessServer(settings)
+            first_life.callback(first.stop)
+            m = Models(connect(first.address, bearer(key)), fake)
+            first_life.callback(m.client.close)
+            flow = llm_flow(m, include_history=True)
+            given = [
+                pb.Message(role="user", content="earlier"),
+                pb.Message(role="assistant", content="before"),
+            ]
+            session = m.client.sessions.CreateSession(
+                ss.CreateSessionRequest(
+                    live_flow_id=flow.id, inputs=struct(topic="tides"), messages=given, wait=True
+                )
+            )
+            assert [(t["role"], t["content"]) for t in fake.requests[-1]["messages"]] == [
+                ("user", "earlier"),
+                ("assistant", "before"),
+                ("user", "Tell me about tides"),
+            ]
+            run(m, flow, session_id=session.id)
+
+        second = InProcessServer(settings)
+        cleanup.callback(second.stop)
+        m = Models(connect(second.address, bearer(key)), fake)
+        cleanup.callback(m.client.close)
+        before = m.client.sessions.GetSession(ss.GetSessionRequest(id=session.id)).messages
+        assert [(x.role, x.content) for x in before] == [
+            ("user", "earlier"),
+            ("assistant", "before"),
+            ("user", "tides"),
+            ("assistant", "Tell me about tides"),
+            ("user", "tides"),
+            ("assistant", "Tell me about tides"),
+        ]
+        last = run(m, flow, session_id=session.id)
+        sent = [(t["role"], t["content"]) for t in fake.requests[-1]["messages"]]
+        assert sent == [(x.role, x.content) for x in before] + [("user", "Tell me about tides")]
+        after = m.client.sessions.GetSession(ss.GetSessionRequest(id=session.id)).messages
+        assert [x.id for x in after] == [x.id for x in before] + [
+            last.user_message.id,
+            last.ai_message.id,
+        ]

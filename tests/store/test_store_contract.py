@@ -27,6 +27,7 @@ from flowsvc.domain.runs import (
     EventType,
     FlowRun,
     Journal,
+    Message,
     RunEvent,
     RunStatus,
     Session,
@@ -196,6 +197,35 @@ async def new_session_with_run(r: Replica, version: FlowVersion) -> tuple[Sessio
     return session, run
 
 
+def messages_of(session: Session, run: FlowRun | None, *contents: str) -> list[Message]:
+    """Messages appended to the session's conversation, as the engine appends them: positions
+    after its count, the run that adds them, the session's count moved on."""
+    added = []
+    for n, content in enumerate(contents):
+        session.message_count += 1
+        added.append(
+            Message(
+                id=new_id(),
+                date=now(),
+                role="user" if n % 2 == 0 else "assistant",
+                content=content,
+                run_id="" if run is None else run.id,
+                position=session.message_count,
+            )
+        )
+    return added
+
+
+async def session_with_a_turn(
+    r: Replica, version: FlowVersion
+) -> tuple[Session, FlowRun, list[Message]]:
+    """A session whose run added a question and its answer to the conversation."""
+    session, run = await new_session_with_run(r, version)
+    turn = messages_of(session, run, "question", "answer")
+    await r.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=turn))
+    return session, run, turn
+
+
 async def seqs(r: Replica, session_id: str, run_id: str = "") -> list[int]:
     return [e.seq for e in await r.runs.events_after(session_id, 0, run_id, 10_000)]
 
@@ -344,17 +374,42 @@ def test_sessions_list_newest_first_in_pages(database_url: str) -> None:
     run_on(database_url, body)
 
 
-def test_deleting_a_session_deletes_its_runs_steps_and_events(database_url: str) -> None:
+def test_deleting_a_session_deletes_its_runs_steps_events_and_messages(
+    database_url: str,
+) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)
-        session, run = await new_session_with_run(a, version)
+        session, run, _ = await session_with_a_turn(a, version)
         await a.runs.record(
             Journal(session=session, epoch=1, runs=[run], new_steps=[a_step(run, version, 1)])
         )
+        assert len(await a.runs.session_messages(session.id)) == 2
         assert await b.runs.delete_session(ORG, session.id)
         assert await a.runs.get_run(ORG, run.id) is None
         assert await a.runs.run_steps(run.id) == []
         assert await seqs(a, session.id) == []
+        assert await a.runs.session_messages(session.id) == []
+
+    run_on(database_url, body)
+
+
+def test_the_last_step_is_read_from_the_end_with_a_status_or_without_some(
+    database_url: str,
+) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, run = await new_session_with_run(a, version)
+        made = [a_step(run, version, n) for n in range(1, 5)]
+        made[1].status = StepStatus.WAITING_FOR_INPUT
+        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_steps=made))
+        last = await b.runs.last_step(session.id)
+        assert last is not None and last.id == made[3].id
+        waiting = await b.runs.last_step(session.id, StepStatus.WAITING_FOR_INPUT.value)
+        assert waiting is not None and waiting.id == made[1].id
+        kept = await b.runs.last_step(session.id, excluding={made[3].id, made[2].id})
+        assert kept is not None and kept.id == made[1].id
+        assert await b.runs.last_step(session.id, StepStatus.FAILED.value) is None
+        assert await b.runs.last_step(session.id, excluding={m.id for m in made}) is None
 
     run_on(database_url, body)
 
@@ -491,5 +546,94 @@ def test_organisation_run_counts_are_read_from_the_database(database_url: str) -
         assert counted.get(ORG) == 3
         assert counted.get("globex", 0) == 0
         assert counted == {ORG: 3}
+
+    run_on(database_url, body)
+
+
+# -- conversations ---------------------------------------------------------------------------
+
+
+def test_messages_are_appended_with_their_run_and_read_in_order(database_url: str) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session = a_session(version)
+        given = messages_of(session, None, "earlier question", "earlier answer")
+        run = a_run(session)
+        await a.runs.record(
+            Journal(
+                session=session, session_is_new=True, epoch=1, new_runs=[run], new_messages=given
+            )
+        )
+        added = messages_of(session, run, "question", "answer")
+        await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=added))
+
+        expected = [(m.position, m.id, m.run_id, m.role, m.content, m.date) for m in given + added]
+
+        def rows(found: list[Message] | None) -> list[tuple[object, ...]]:
+            assert found is not None
+            return [(m.position, m.id, m.run_id, m.role, m.content, m.date) for m in found]
+
+        assert rows(await b.runs.session_messages(session.id)) == expected
+        assert [m[0] for m in expected] == [1, 2, 3, 4]
+        assert [m[2] for m in expected] == ["", "", run.id, run.id]
+        with_steps = await b.runs.session_with_steps(ORG, session.id)
+        assert with_steps is not None and rows(with_steps[0].messages) == expected
+        listed = await b.runs.list_sessions(ORG, "", "", Page(5, None))
+        assert [rows(s.messages) for s in listed if s.id == session.id] == [expected]
+        # Read without the conversation, a session still counts it (the message cap).
+        plain = await b.runs.get_session(ORG, session.id)
+        assert plain is not None and plain.messages is None and plain.message_count == 4
+        claim = await b.leases.claim_session(ORG, session.id)
+        assert claim.session is not None and claim.session.message_count == 4
+
+    run_on(database_url, body)
+
+
+def test_a_session_write_carries_only_the_messages_it_adds(database_url: str) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, _, first = await session_with_a_turn(a, version)
+        # Whatever the writer holds in memory, a write that adds none leaves them as they are.
+        session.messages = [*first, *first]
+        session.name = "renamed"
+        await a.runs.record(Journal(session=session, epoch=1))
+        assert [m.id for m in await b.runs.session_messages(session.id)] == [m.id for m in first]
+        stored = await b.runs.get_session(ORG, session.id)
+        assert stored is not None and stored.name == "renamed" and stored.message_count == 2
+
+    run_on(database_url, body)
+
+
+def test_a_refused_journal_appends_no_messages(database_url: str) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, run, kept = await session_with_a_turn(a, version)
+        await asyncio.sleep(LEASE * 2.5)
+        claim = await b.leases.claim_session(ORG, session.id)
+        assert claim.epoch == 2 and claim.session is not None
+        taken = claim.session
+        later = messages_of(taken, run, "new holder's question", "new holder's answer")
+        await b.runs.record(Journal(session=taken, epoch=2, new_messages=later))
+        # The old holder appends at the same positions: it is told that it lost the lease
+        # (not that a position is taken), and nothing of its journal is written.
+        stale = messages_of(session, run, "stale question", "stale answer")
+        assert [m.position for m in stale] == [m.position for m in later] == [3, 4]
+        with pytest.raises(LeaseLost):
+            await a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=stale))
+        found = await b.runs.session_messages(session.id)
+        assert [m.id for m in found] == [m.id for m in kept + later]
+        stored = await b.runs.get_session(ORG, session.id)
+        assert stored is not None and stored.message_count == 4
+
+    run_on(database_url, body)
+
+
+def test_deleting_a_flow_deletes_its_sessions_messages(database_url: str) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, _, _ = await session_with_a_turn(a, version)
+        assert await b.flows.delete_flow(ORG, version.flow_id)
+        assert await a.runs.session_messages(session.id) == []
+        assert await a.runs.get_session(ORG, session.id) is None
 
     run_on(database_url, body)

@@ -329,7 +329,7 @@ def session_to_pb(
         variables=dict_to_struct(s.variables),
         messages=[
             pb.Message(id=m.id, date=timestamp(m.date), role=m.role, content=m.content)
-            for m in s.messages
+            for m in s.messages or ()  # read with the session by every caller of this
         ],
         expiration_seconds=s.expiration_seconds,
         expires_at=timestamp(s.expires_at),

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from flowsvc.domain.engine import Engine
-from flowsvc.domain.engine.session_registry import HeldElsewhere
 from flowsvc.domain.errors import (
-    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -30,7 +27,6 @@ from flowsvc.domain.paging import Listed, listed, parse_page
 from flowsvc.domain.ports import FlowStore, Leases, RunStore
 from flowsvc.domain.run_requests import (
     DEFAULT_EXPIRATION,
-    MultitaskStrategy,
     NewSession,
     RunOptions,
     Started,
@@ -38,19 +34,17 @@ from flowsvc.domain.run_requests import (
     check_json_size,
     check_overrides,
 )
-from flowsvc.domain.run_stopping import RunStopping
 from flowsvc.domain.runs import (
     FlowRun,
-    Journal,
     RunEvent,
-    RunStatus,
     Session,
     SessionStatus,
 )
+from flowsvc.domain.session_runs import SessionRuns
 from flowsvc.domain.watch import follow
 
 
-class FlowRuns(RunStopping):
+class FlowRuns(SessionRuns):
     def __init__(
         self,
         engine: Engine,
@@ -134,49 +128,6 @@ class FlowRuns(RunStopping):
                 limit="max_active_runs_per_org",
             )
 
-    def check_message_room(self, session_id: str, messages: int) -> None:
-        """A session holding `messages` must have room for the 2 a run adds."""
-        if messages + 2 > self._limits.max_messages_per_session:
-            raise ResourceExhausted(
-                f"the session holds {messages} messages; a run adds 2 and the "
-                f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
-                subject=f"sessions/{session_id}",
-                limit="max_messages_per_session",
-            )
-
-    def new_run(
-        self,
-        org: str,
-        flow_id: str,
-        session_id: str,
-        version: FlowVersion,
-        body: dict[str, Any],
-        options: RunOptions,
-        request_id: str,
-        parent_run_id: str = "",
-    ) -> FlowRun:
-        now = self._clock()
-        return FlowRun(
-            parent_run_id=parent_run_id,
-            id=new_id(),
-            organisation_id=org,
-            flow_id=flow_id,
-            session_id=session_id,
-            flow_version_id=version.id,
-            version=version.version,
-            body=body,
-            override=dict(options.override),
-            status=RunStatus.QUEUED,
-            created_at=now,
-            updated_at=now,
-            eval_options=dict(options.eval_options),
-            request_id=request_id,
-            trace_context=self._engine.telemetry.trace_context(),
-            schedule_id=options.schedule_id,
-            scheduled_time=options.scheduled_time,
-            webhook_url=options.webhook_url,
-        )
-
     def new_session(
         self,
         org: str,
@@ -197,7 +148,10 @@ class FlowRuns(RunStopping):
             status=SessionStatus.NEW,
             inputs=inputs,
             variables=spec.variables,
-            messages=list(spec.messages),
+            messages=[
+                replace(m, run_id="", position=n) for n, m in enumerate(spec.messages, start=1)
+            ],
+            message_count=len(spec.messages),
             customer=spec.customer,
             expiration_seconds=expiration,
             expires_at=now + timedelta(seconds=expiration),
@@ -310,61 +264,15 @@ class FlowRuns(RunStopping):
                 await committed
             return Started(run, session, 0, committed=committed)
 
-        found = await self._runs.get_session(org, options.session_id)
-        if found is None:
-            raise NotFound("session", options.session_id)
-        session = found
-        if session.live_flow_id != flow.id:
-            raise InvalidArgument.one(
-                "options.session_id", "the session belongs to another live flow"
-            )
-        if session.status is not SessionStatus.EXPIRED and self._clock() >= session.expires_at:
-            with contextlib.suppress(HeldElsewhere):
-                async with self._engine.session_state(org, session.id) as state:
-                    await self._engine.expire_if_due(state)
-                    session = state.session
-        if session.status is SessionStatus.EXPIRED:
-            raise FailedPrecondition(
-                "the session has expired", kind="SESSION_STATE", subject=f"sessions/{session.id}"
-            )
-        if session.status is SessionStatus.WAITING_FOR_INPUT:
-            raise FailedPrecondition(
-                "the session is waiting for input: answer it with SubmitUserInput or cancel it",
-                kind="SESSION_STATE",
-                subject=f"sessions/{session.id}",
-            )
-        self.check_message_room(session.id, len(session.messages))
-        if not options.version:
-            _, version = await self.flow_and_version(
-                org, flow.id, session.version, "flow_id", "options.version"
-            )
-        run = self.new_run(
-            org, flow.id, session.id, version, body, options, request_id, parent_run_id
+        return await self._start_on_session(
+            org, flow, version, body, request_id, options, parent_run_id, digest, wait_for_commit
         )
-        run.request_digest = digest
-        # The run is durable (QUEUED) before anything runs it; whichever replica holds the
-        # session runs it in its turn.
-        strategy = options.multitask
-        if strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK):
-            await self._interrupt(org, session.id, rollback=strategy is MultitaskStrategy.ROLLBACK)
-        if strategy is not MultitaskStrategy.REJECT:
-            # Group-committed with everything else being written: no transaction of its own.
-            await self._runs.record(Journal(new_runs=[run]))
-        elif not await self._leases.insert_queued_run(run, only_if_idle=True):
-            raise Aborted(
-                "the session is running another run and multitask_strategy is REJECT "
-                "(or no_wait is set)"
-            )
-        await self._engine.schedule(org, session.id)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return Started(run, session, session.last_seq, committed=done)
 
     async def finished(self, started: Started) -> FlowRun:
-        """The run once it stops (finished, or waiting for input)."""
+        """The run once it stops (finished, or waiting for input). A run whose first moves
+        were not committed (its replica lost the session meanwhile, or the database went away)
+        is told as such: never NOT_FOUND."""
         if started.committed is not None:
-            # A first commit lost (the database went away) leaves no run to wait for or
-            # read: the caller learns UNAVAILABLE (retry), never that the run is NOT_FOUND.
             await started.committed
         return await self.finished_by_id(started.run.organisation_id, started.run.id)
 

@@ -114,7 +114,6 @@ def copy_history(
     later_ids = {s.run_id for s in steps if s.position >= forked.position}
     kept = messages_at(messages, (runs[r] for r in later_ids if r in runs))
     message_ids = {m.id: new_id() for m in kept}
-    new_messages = [Message(message_ids[m.id], m.date, m.role, m.content) for m in kept]
     run_ids = {forked.run_id: fork_run_id}
     copied_runs = []
     for s in before:
@@ -137,6 +136,11 @@ def copy_history(
         if step.status in _UNFINISHED_STEP:
             step.status = StepStatus.CANCELLED
         copied.append(step)
+    # Each copied message belongs to its run's copy ("" stays: given at creation).
+    new_messages = [
+        Message(message_ids[m.id], m.date, m.role, m.content, run_ids.get(m.run_id, ""), n)
+        for n, m in enumerate(kept, start=1)
+    ]
     return History(copied, copied_runs, new_messages, step_costs(before, runs))
 
 
@@ -280,9 +284,10 @@ class SessionForks:
         fork_run = self._flow_runs.new_run(
             org, flow.id, session.id, version, body, RunOptions(override=override), ""
         )
-        history = copy_history(steps, forked, runs, source.messages, session.id, fork_run.id)
+        history = copy_history(steps, forked, runs, source.messages or [], session.id, fork_run.id)
         self._flow_runs.check_message_room(source.id, len(history.messages))
         session.messages = history.messages
+        session.message_count = len(history.messages)
         session.cost, session.costs = history.cost, history.costs
         session.steps_count = len(history.steps)
         session.current_step_id = history.steps[-1].id if history.steps else ""

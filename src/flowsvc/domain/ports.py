@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
 from flowsvc.domain.paging import Page
-from flowsvc.domain.runs import FlowRun, Journal, RunEvent, Session, SessionStep
+from flowsvc.domain.runs import FlowRun, Journal, Message, RunEvent, Session, SessionStep
 
 
 @dataclass
@@ -120,15 +120,30 @@ class RunStore(Protocol):
         once it is committed. The records are copied now: the caller may keep changing them."""
         ...
 
-    async def get_session(self, org: str, session_id: str) -> Session | None: ...
+    async def get_session(self, org: str, session_id: str) -> Session | None:
+        """The session without its conversation (messages None; message_count is right)."""
+        ...
 
-    async def session_by_request(self, org: str, request_id: str) -> Session | None: ...
+    async def session_by_request(self, org: str, request_id: str) -> Session | None:
+        """As get_session."""
+        ...
 
-    async def session_steps(self, session_id: str) -> list[SessionStep]: ...
+    async def session_messages(self, session_id: str) -> list[Message]:
+        """The session's conversation, oldest first (run_id and position set)."""
+        ...
+
+    async def last_step(
+        self, session_id: str, status: str = "", excluding: Collection[str] = ()
+    ) -> SessionStep | None:
+        """The session's latest step (with that status; none of `excluding`): read from the
+        end, not the session's whole history."""
+        ...
 
     async def session_with_steps(
         self, org: str, session_id: str
-    ) -> tuple[Session, list[SessionStep]] | None: ...
+    ) -> tuple[Session, list[SessionStep]] | None:
+        """The session with its conversation, and its steps in order."""
+        ...
 
     async def step_by_input_request(
         self, session_id: str, request_id: str
@@ -136,7 +151,9 @@ class RunStore(Protocol):
 
     async def list_sessions(
         self, org: str, flow_id: str, status: str, page: Page
-    ) -> list[Session]: ...
+    ) -> list[Session]:
+        """With their conversations."""
+        ...
 
     async def delete_session(self, org: str, session_id: str) -> bool: ...
 

@@ -57,10 +57,16 @@ class RunStopping:
         async with self._engine.session_state(org, run.session_id) as state:
             await self._engine.cancel_run(state, run.id)
 
+    async def runs_going(self, session_id: str) -> list[FlowRun]:
+        """The session's QUEUED and RUNNING runs, committed or (run here) not yet."""
+        going = await self._leases.active_runs(session_id)
+        known = {run.id for run in going}
+        return going + [r for r in self._engine.local_runs(session_id) if r.id not in known]
+
     async def _interrupt(self, org: str, session_id: str, *, rollback: bool) -> None:
         """INTERRUPT / ROLLBACK: the session's runs going are cancelled (wherever they run);
         with rollback, those that ended cancelled leave the session as if they never ran."""
-        going = await self._leases.active_runs(session_id)
+        going = await self.runs_going(session_id)
         for run in going:
             with contextlib.suppress(NotFound):
                 await self.stop_run(run)
@@ -73,6 +79,9 @@ class RunStopping:
 
     async def stop_flow_runs(self, org: str, flow_id: str) -> None:
         """DeleteLiveFlow: the flow's runs in flight are cancelled first, on any replica."""
-        for run in await self._leases.active_runs_of_flow(org, flow_id):
+        going = await self._leases.active_runs_of_flow(org, flow_id)
+        known = {run.id for run in going}
+        going += [r for r in self._engine.local_runs(flow_id=flow_id) if r.id not in known]
+        for run in going:
             with contextlib.suppress(NotFound):
                 await self.stop_run(run)

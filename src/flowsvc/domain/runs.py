@@ -88,6 +88,10 @@ class Message:
     date: datetime
     role: str
     content: str
+    # In a session's conversation: the run that added it ("" for messages the session was
+    # created with) and its place in the conversation, from 1.
+    run_id: str = ""
+    position: int = 0
 
 
 @dataclass(slots=True)
@@ -143,7 +147,10 @@ class Session:
     status: SessionStatus
     inputs: dict[str, Any]
     variables: dict[str, Any]
-    messages: list[Message]
+    # The conversation, oldest first; None when the session was read without it (the store
+    # keeps messages in a table of their own, appended to: reading them costs a query that
+    # grows with the conversation, so only the readers that show or use them ask for them).
+    messages: list[Message] | None
     customer: Customer | None
     expiration_seconds: int
     expires_at: datetime
@@ -161,6 +168,8 @@ class Session:
     # A session made by ForkSession: the session and the step of it this one was forked from.
     parent_session_id: str = ""
     forked_from_step_id: str = ""
+    # How many messages the conversation holds, loaded or not (max_messages_per_session).
+    message_count: int = 0
 
 
 @dataclass(slots=True)
@@ -250,3 +259,5 @@ class Journal:
     release: bool = False
     # Steps removed from the session (a rolled-back run's).
     deleted_steps: list[str] = field(default_factory=list)
+    # Messages appended to the session's conversation (positions set): only the new ones.
+    new_messages: list[Message] = field(default_factory=list)

@@ -287,7 +287,7 @@ class Sessions:
         return await self.get(org, session_id)
 
     async def _stop_runs(self, session_id: str) -> None:
-        for run in await self._leases.active_runs(session_id):
+        for run in await self._flow_runs.runs_going(session_id):
             with contextlib.suppress(NotFound):
                 await self._flow_runs.stop_run(run)
 

@@ -13,7 +13,9 @@ In that transaction, in this order:
 3. the events are inserted with those seqs;
 4. sessions, runs and steps are updated; a session update names the lease epoch its writer
    holds, and a journal whose epoch is no longer the session's is refused whole (LeaseLost);
-5. leases given up are released, and sessions with queued runs among them are reported, so
+5. messages new to a session's conversation are appended (after the fencing: a writer that
+   lost the lease is refused as such, not as a position taken);
+6. leases given up are released, and sessions with queued runs among them are reported, so
    the engine claims them again (a run queued while the lease was going away is not lost).
 """
 
@@ -34,8 +36,15 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal, RunEvent, RunStatus, Session
 from flowsvc.store.database import Database, now_ms_sql
-from flowsvc.store.run_codec import event_row, run_row, session_row, step_row
-from flowsvc.store.tables import FlowRunRow, RunEventRow, SessionRow, SessionStepRow, UTCDateTime
+from flowsvc.store.run_codec import event_row, message_row, run_row, session_row, step_row
+from flowsvc.store.tables import (
+    FlowRunRow,
+    RunEventRow,
+    SessionMessageRow,
+    SessionRow,
+    SessionStepRow,
+    UTCDateTime,
+)
 
 log = logging.getLogger("flowsvc.store")
 
@@ -43,6 +52,7 @@ sessions = SessionRow.__table__  # type: ignore[attr-defined]
 runs = FlowRunRow.__table__  # type: ignore[attr-defined]
 steps = SessionStepRow.__table__  # type: ignore[attr-defined]
 events = RunEventRow.__table__  # type: ignore[attr-defined]
+messages = SessionMessageRow.__table__  # type: ignore[attr-defined]
 
 MAX_JOURNALS_PER_COMMIT = 256
 _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
@@ -73,6 +83,7 @@ class _Rows:
     release: tuple[str, int] | None = None
     session: Session | None = None
     deleted_steps: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def of(cls, journal: Journal, owner_id: str) -> _Rows:
@@ -103,6 +114,9 @@ class _Rows:
             else None,
             session=journal.session,
             deleted_steps=list(journal.deleted_steps),
+            messages=[message_row(journal.session.id, m) for m in journal.new_messages]
+            if journal.session is not None
+            else [],
         )
 
 
@@ -169,7 +183,7 @@ def _statements(
     inserts: dict[str, _Statement] = {}
     updates: dict[str, _Statement] = {}
     expires: Any = literal_column(f"{now_ms_sql(dialect.name)} + {int(lease_seconds * 1000)}")
-    for name, table in {**_TABLES, "events": events}.items():
+    for name, table in {**_TABLES, "events": events, "messages": messages}.items():
         columns = {c.name: c for c in table.c}
         written: dict[str, Any] = {c: bindparam(f"v_{c}") for c in columns}
         if name == "runs":
@@ -177,9 +191,9 @@ def _statements(
         if name == "sessions":
             written["lease_expires_ms"] = expires  # a new session is leased to its creator
         inserts[name] = _Statement(table.insert().values(written), dialect, columns)
-        if name in ("events", "steps"):
+        if name in ("events", "steps", "messages"):
             inserts[name].copy_on_postgresql(table, dialect)
-        if name != "events":
+        if name not in ("events", "messages"):
             condition = table.c.id == bindparam("v_id")
             if name == "sessions":
                 condition = condition & (table.c.lease_epoch == bindparam("v_lease_epoch"))
@@ -313,6 +327,7 @@ class JournalWriter:
         new_events = [pair for rows in batch for pair in rows.events]
         releases = [rows.release for rows in batch if rows.release is not None]
         deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
+        new_messages = [row for rows in batch for row in rows.messages]
         requeue: list[str] = []
 
         def write(conn: Connection) -> None:
@@ -337,6 +352,8 @@ class JournalWriter:
                     )
                     if name == "sessions" and result.rowcount != len(updates[name]):
                         raise _Fenced()
+            if new_messages:
+                self._insert_sql["messages"].insert(conn, new_messages)
             if releases:
                 conn.exec_driver_sql(self._release_sql, list(releases))
                 ids = [sid for sid, _ in releases]

@@ -38,12 +38,17 @@ class SqlLeases:
         now = now_ms_sql(self.db.dialect_name)
         self._now = now
         ttl = int(self.lease_seconds * 1000)
+        # Named, not `*`: result columns are matched to the table's by position.
+        columns = ", ".join(c.name for c in sessions.c)
         self._claim = text(
             f"UPDATE sessions SET owner_id = :me, lease_epoch = lease_epoch + 1, "
             f"lease_expires_ms = {now} + {ttl} "
             f"WHERE id = :id AND organisation_id = :org "
             f"AND (owner_id IS NULL OR owner_id = :me OR lease_expires_ms < {now}) "
-            f"RETURNING *"
+            f"RETURNING {columns}"
+        ).columns(*sessions.c)
+        self._read = text(
+            f"SELECT {columns} FROM sessions WHERE id = :id AND organisation_id = :org"
         ).columns(*sessions.c)
         self._renew_sql = (
             f"UPDATE sessions SET lease_expires_ms = {now} + {ttl} "
@@ -63,14 +68,7 @@ class SqlLeases:
             ).first()
             if row is not None:
                 return SessionClaim(session_from(row), row.lease_epoch)
-            held = (
-                await conn.execute(
-                    text(
-                        "SELECT * FROM sessions WHERE id = :id AND organisation_id = :org"
-                    ).columns(*sessions.c),
-                    {"id": session_id, "org": org},
-                )
-            ).first()
+            held = (await conn.execute(self._read, {"id": session_id, "org": org})).first()
         return SessionClaim(None if held is None else session_from(held), 0)
 
     async def claimable(self, limit: int) -> list[tuple[str, str]]:

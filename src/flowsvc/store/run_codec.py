@@ -42,6 +42,23 @@ def message_from(d: dict[str, Any]) -> Message:
     return Message(d["id"], datetime.fromisoformat(d["date"]), d["role"], d["content"])
 
 
+def message_row(session_id: str, m: Message) -> dict[str, Any]:
+    """A message of a session's conversation as a session_messages row."""
+    return {
+        "session_id": session_id,
+        "position": m.position,
+        "id": m.id,
+        "run_id": m.run_id,
+        "role": m.role,
+        "content": m.content,
+        "created_at": m.date,
+    }
+
+
+def message_from_row(r: Any) -> Message:
+    return Message(r.id, r.created_at, r.role, r.content, r.run_id, r.position)
+
+
 def session_row(s: Session) -> dict[str, Any]:
     return {
         "id": s.id,
@@ -53,7 +70,7 @@ def session_row(s: Session) -> dict[str, Any]:
         "status": s.status.value,
         "inputs": s.inputs,
         "variables": s.variables,
-        "messages": [message_json(m) for m in s.messages],
+        "messages_count": s.message_count,
         "customer": None
         if s.customer is None
         else {
@@ -89,7 +106,8 @@ def session_row(s: Session) -> dict[str, Any]:
     }
 
 
-def session_from(r: Any) -> Session:
+def session_from(r: Any, messages: list[Message] | None = None) -> Session:
+    """The session of a row; its conversation only when the caller read it (`messages`)."""
     return Session(
         id=r.id,
         organisation_id=r.organisation_id,
@@ -100,7 +118,8 @@ def session_from(r: Any) -> Session:
         status=SessionStatus(r.status),
         inputs=r.inputs,
         variables=r.variables,
-        messages=[message_from(m) for m in r.messages],
+        messages=messages,
+        message_count=r.messages_count,
         customer=None if r.customer is None else Customer(**r.customer),
         expiration_seconds=r.expiration_seconds,
         expires_at=r.expires_at,

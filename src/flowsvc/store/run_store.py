@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from flowsvc.domain.paging import Page
 from flowsvc.domain.runs import (
     FlowRun,
     Journal,
+    Message,
     RunEvent,
     Session,
     SessionStatus,
@@ -26,6 +28,7 @@ from flowsvc.store.database import Database
 from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.run_codec import (
     event_from,
+    message_from_row,
     run_from,
     session_from,
     step_from,
@@ -35,6 +38,7 @@ from flowsvc.store.sql_store import SqlStore, newest_first
 from flowsvc.store.tables import (
     FlowRunRow,
     RunEventRow,
+    SessionMessageRow,
     SessionRow,
     SessionStepRow,
 )
@@ -45,6 +49,7 @@ sessions = SessionRow.__table__  # type: ignore[attr-defined]
 runs = FlowRunRow.__table__  # type: ignore[attr-defined]
 steps = SessionStepRow.__table__  # type: ignore[attr-defined]
 events = RunEventRow.__table__  # type: ignore[attr-defined]
+messages = SessionMessageRow.__table__  # type: ignore[attr-defined]
 
 
 # Hot reads, built once: building a statement per call costs more than running it.
@@ -55,6 +60,11 @@ _SESSION_STEPS = (
     select(steps).where(steps.c.session_id == bindparam("session_id")).order_by(steps.c.position)
 )
 _RUN = select(runs).where(runs.c.id == bindparam("id"), runs.c.organisation_id == bindparam("org"))
+_SESSION_MESSAGES = (
+    select(messages)
+    .where(messages.c.session_id == bindparam("session_id"))
+    .order_by(messages.c.position)
+)
 _RUN_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
 
 
@@ -85,6 +95,30 @@ class SqlRunStore:
         lookup = await self._step_lookup({r.flow_version_id for r in rows}, conn)
         return [step_from(r, lookup) for r in rows]
 
+    @staticmethod
+    async def _messages_of(
+        conn: AsyncConnection, session_ids: list[str]
+    ) -> dict[str, list[Message]]:
+        """The conversations of these sessions, oldest message first."""
+        if len(session_ids) == 1:
+            rows = (await conn.execute(_SESSION_MESSAGES, {"session_id": session_ids[0]})).all()
+        else:
+            rows = (
+                await conn.execute(
+                    select(messages)
+                    .where(messages.c.session_id.in_(session_ids))
+                    .order_by(messages.c.session_id, messages.c.position)
+                )
+            ).all()
+        found: dict[str, list[Message]] = {sid: [] for sid in session_ids}
+        for r in rows:
+            found[r.session_id].append(message_from_row(r))
+        return found
+
+    async def session_messages(self, session_id: str) -> list[Message]:
+        async with self.db.read() as conn:
+            return (await self._messages_of(conn, [session_id]))[session_id]
+
     async def _one_session(
         self, query: Select[Any], params: dict[str, Any] | None = None
     ) -> Session | None:
@@ -110,11 +144,20 @@ class SqlRunStore:
             if row is None:
                 return None
             found = await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
-        return session_from(row), found
+            conversation = await self._messages_of(conn, [session_id])
+        return session_from(row, conversation[session_id]), found
 
-    async def session_steps(self, session_id: str) -> list[SessionStep]:
+    async def last_step(
+        self, session_id: str, status: str = "", excluding: Collection[str] = ()
+    ) -> SessionStep | None:
+        query = select(steps).where(steps.c.session_id == session_id)
+        if status:
+            query = query.where(steps.c.status == status)
+        if excluding:
+            query = query.where(steps.c.id.not_in(list(excluding)))
         async with self.db.read() as conn:
-            return await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
+            found = await self._steps(conn, query.order_by(steps.c.position.desc()).limit(1))
+        return found[0] if found else None
 
     async def step_by_input_request(self, session_id: str, request_id: str) -> SessionStep | None:
         async with self.db.read() as conn:
@@ -134,7 +177,8 @@ class SqlRunStore:
             query = query.where(sessions.c.status == status)
         async with self.db.read() as conn:
             rows = (await conn.execute(newest_first(query, sessions, page))).all()
-        return [session_from(r) for r in rows]
+            conversations = await self._messages_of(conn, [r.id for r in rows]) if rows else {}
+        return [session_from(r, conversations[r.id]) for r in rows]
 
     async def delete_session(self, org: str, session_id: str) -> bool:
         async with self.db.write() as conn:
@@ -145,7 +189,7 @@ class SqlRunStore:
             )
             if not result.rowcount:
                 return False
-            for table in (events, steps, runs):
+            for table in (events, steps, runs, messages):
                 await conn.execute(delete(table).where(table.c.session_id == session_id))
         return True
 

@@ -25,6 +25,7 @@ from flowsvc.store.tables import (
     FlowVersionRow,
     LiveFlowRow,
     RunEventRow,
+    SessionMessageRow,
     SessionRow,
     SessionStepRow,
 )
@@ -35,6 +36,7 @@ FLOW_CACHE_ENTRIES = 10_000
 sessions_table = SessionRow.__table__  # type: ignore[attr-defined]
 steps_table = SessionStepRow.__table__  # type: ignore[attr-defined]
 events_table = RunEventRow.__table__  # type: ignore[attr-defined]
+messages_table = SessionMessageRow.__table__  # type: ignore[attr-defined]
 runs_table = FlowRunRow.__table__  # type: ignore[attr-defined]
 jobs_table = EvalJobRow.__table__  # type: ignore[attr-defined]
 flows = LiveFlowRow.__table__  # type: ignore[attr-defined]
@@ -213,10 +215,10 @@ class SqlStore:
             )
             if not result.rowcount:
                 return False
-            # The flow goes with its versions, its sessions (their steps, runs and events)
-            # and its evaluation jobs.
+            # The flow goes with its versions, its sessions (their steps, runs, events and
+            # messages) and its evaluation jobs.
             of_flow = select(sessions_table.c.id).where(sessions_table.c.live_flow_id == flow_id)
-            for child in (events_table, steps_table):
+            for child in (events_table, steps_table, messages_table):
                 await conn.execute(delete(child).where(child.c.session_id.in_(of_flow)))
             await conn.execute(delete(runs_table).where(runs_table.c.flow_id == flow_id))
             await conn.execute(delete(jobs_table).where(jobs_table.c.flow_id == flow_id))

@@ -125,7 +125,6 @@ class SessionRow(SQLModel, table=True):
     status: str = Field(max_length=24)
     inputs: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     variables: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    messages: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     customer: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     expiration_seconds: int
     expires_at: datetime = _when()
@@ -148,6 +147,24 @@ class SessionRow(SQLModel, table=True):
     # A session made by ForkSession: the session and step it was forked from.
     parent_session_id: str = Field(default="", max_length=36)
     forked_from_step_id: str = Field(default="", max_length=36)
+    # The conversation is in session_messages; this counts its rows (the message cap).
+    messages_count: int = Field(default=0)
+
+
+class SessionMessageRow(SQLModel, table=True):
+    """A session's conversation, one row a message, appended to and never rewritten: written
+    in the journal transaction of the run that added it, with its run (forks read the
+    conversation as it was at a run)."""
+
+    __tablename__ = "session_messages"
+
+    session_id: str = Field(primary_key=True, max_length=36)
+    position: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    id: str
+    run_id: str = Field(max_length=36)
+    role: str
+    content: str
+    created_at: datetime = _when()
 
 
 class FlowRunRow(SQLModel, table=True):

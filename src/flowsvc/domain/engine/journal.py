@@ -28,6 +28,7 @@ from flowsvc.domain.runs import (
     EventType,
     FlowRun,
     Journal,
+    Message,
     RunEvent,
     RunStatus,
     Session,
@@ -63,6 +64,7 @@ class RunContext:
     buffered_new_steps: dict[str, SessionStep] = field(default_factory=dict)
     buffered_steps: dict[str, SessionStep] = field(default_factory=dict)
     buffered_events: list[RunEvent] = field(default_factory=list)
+    buffered_messages: list[Message] = field(default_factory=list)
     dirty: bool = False
     # The model each LLM step used, until its usage is added to the session's costs.
     models: dict[str, str] = field(default_factory=dict)
@@ -72,6 +74,8 @@ class RunContext:
     first_commit: asyncio.Future[None] | None = None
     # A forked session's copied runs: inserted with the run's first commit.
     copied_runs: list[FlowRun] = field(default_factory=list)
+    # Launched by the request that queued it, on a session idle here: it is due, no re-read.
+    due: bool = False
 
 
 class EngineCore:
@@ -232,10 +236,12 @@ class EngineCore:
             new_steps=list(ctx.buffered_new_steps.values()),
             steps=list(ctx.buffered_steps.values()),
             events=ctx.buffered_events,
+            new_messages=ctx.buffered_messages,
         )
         ctx.new_session = ctx.new_run = False
         ctx.copied_runs = []
         ctx.buffered_new_steps, ctx.buffered_steps, ctx.buffered_events = {}, {}, []
+        ctx.buffered_messages = []
         ctx.dirty = False
         ctx.yield_due = True
         future = self._commit(journal)
@@ -254,6 +260,25 @@ class EngineCore:
     def _context(self, state: SessionState, run: FlowRun, version: FlowVersion) -> RunContext:
         return RunContext(state, run, version, self._graph(version))
 
+    async def _conversation(self, state: SessionState) -> list[Message]:
+        """The held session's messages: read once while it is held, appended to after."""
+        session = state.session
+        if session.messages is None:
+            session.messages = await self._runs.session_messages(session.id)
+        return session.messages
+
+    def _append_messages(self, ctx: RunContext, added: list[Message]) -> None:
+        """Messages join the conversation with the move that adds them; the journal carries
+        only these, never the whole conversation."""
+        session = ctx.state.session
+        for m in added:
+            session.message_count += 1
+            m.position = session.message_count
+            m.run_id = ctx.run.id
+        if session.messages is not None:
+            session.messages.extend(added)
+        ctx.buffered_messages.extend(added)
+
     def active_count(self) -> int:
         """Runs executing on this replica."""
         return len(self._tasks)
@@ -264,6 +289,26 @@ class EngineCore:
     def active_run_ids(self, session_id: str) -> list[str]:
         """The session's runs with a task on this replica."""
         return [rid for rid, run in self._task_runs.items() if run.session_id == session_id]
+
+    def local_runs(self, session_id: str = "", flow_id: str = "") -> list[FlowRun]:
+        """Runs with a task on this replica, of a session or of a flow: a run launched on an
+        idle session may not be committed yet, so the database does not know it."""
+        return [
+            run.snapshot()
+            for run in self._task_runs.values()
+            if (session_id and run.session_id == session_id) or (flow_id and run.flow_id == flow_id)
+        ]
+
+    def idle_here(self, state: SessionState) -> bool:
+        """The held session has no run going or waiting for its turn on this replica."""
+        return (
+            state.releasing is None
+            and not state.deleted
+            and state.stored
+            and not state.lock.locked()
+            and not self.active_run_ids(state.session.id)
+            and self.sessions.states.get(state.session.id) is state
+        )
 
     def _launch(self, ctx: RunContext) -> None:
         raise NotImplementedError  # the run loop launches runs

@@ -53,9 +53,11 @@ class Engine(SessionOperations, StepExecution):
         new_session: bool,
         copied_steps: Sequence[SessionStep] = (),
         copied_runs: Sequence[FlowRun] = (),
+        stored: bool = False,
     ) -> asyncio.Future[None]:
-        """Launch a queued run (on a new session or an existing one). Its rows are written
-        with its first moves; the returned future resolves once they are committed.
+        """Launch a queued run on a new session or on one idle here. Its rows are written with
+        its first moves (`stored`: the run's QUEUED row is committed already); the returned
+        future resolves once they are committed.
 
         A forked session's history (copied_steps, copied_runs) is written in that same first
         commit; the copied steps of `run` itself are its completed prefix: the run goes on
@@ -63,7 +65,10 @@ class Engine(SessionOperations, StepExecution):
         state.session.updated_at = self._clock()
         ctx = self._context(state, run, version)
         ctx.new_session = new_session
-        ctx.new_run = True
+        if new_session:
+            ctx.buffered_messages = list(state.session.messages or [])  # given at creation
+        ctx.new_run = not stored
+        ctx.due = True
         ctx.dirty = True
         for s in copied_steps:
             ctx.buffered_new_steps[s.id] = s
@@ -71,11 +76,11 @@ class Engine(SessionOperations, StepExecution):
         ctx.copied_runs = list(copied_runs)
         first = ctx.first_commit = asyncio.get_running_loop().create_future()
 
-        def stored(done: asyncio.Future[None]) -> None:
+        def written(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 state.stored = True  # its row exists: the lease renewal may extend it now
 
-        first.add_done_callback(stored)
+        first.add_done_callback(written)
         self._launch(ctx)
         return first
 
@@ -197,7 +202,7 @@ class Engine(SessionOperations, StepExecution):
         try:
             if state.deleted:
                 return
-            if not ctx.new_run and not await self._still_due(run):
+            if not ctx.due and not await self._still_due(run):
                 return  # run (or cancelled) meanwhile: a second launch of it changes nothing
             if run.cancel_requested:  # asked elsewhere before it got its turn here
                 await self._load_progress(ctx)

@@ -95,11 +95,12 @@ class SessionOperations(EngineCore):
         return version
 
     async def _waiting_step(self, session: Session) -> SessionStep:
-        steps = await self._runs.session_steps(session.id)
-        for s in reversed(steps):
-            if s.status is StepStatus.WAITING_FOR_INPUT:
-                return s
-        raise FailedPrecondition("session has no step waiting for input", kind="SESSION_STATE")
+        waiting = await self._runs.last_step(session.id, StepStatus.WAITING_FOR_INPUT.value)
+        if waiting is None:
+            raise FailedPrecondition(
+                "session has no step waiting for input", kind="SESSION_STATE"
+            )
+        return waiting
 
     async def cancel_run(self, state: SessionState, run_id: str) -> None:
         """Stop the run; returns once RUN_CANCELLED is committed."""
@@ -209,9 +210,8 @@ class SessionOperations(EngineCore):
             removed = {s.id for s in run.steps}
             session.steps_count -= len(removed)
             if session.current_step_id in removed:
-                steps = await self._runs.session_steps(session.id)
-                kept = [s for s in steps if s.id not in removed]
-                session.current_step_id = kept[-1].id if kept else ""
+                kept = await self._runs.last_step(session.id, excluding=removed)
+                session.current_step_id = "" if kept is None else kept.id
             session.updated_at = self._clock()
             rolled_back = run.snapshot()
             rolled_back.steps = []

@@ -43,6 +43,8 @@ class SessionState:
     releasing: asyncio.Future[None] | None = None
     # False until a new session's first journal is committed: there is no row to renew yet.
     stored: bool = True
+    # When its last user let it go (loop time): it is kept keep_seconds after that.
+    last_used: float = 0.0
 
 
 class SessionRegistry:
@@ -127,7 +129,9 @@ class SessionRegistry:
         keep, and after its writes are committed)."""
         state.users -= 1
         if self._idle(state):
-            asyncio.get_running_loop().call_later(self.keep_seconds, self._give_up, state)
+            loop = asyncio.get_running_loop()
+            state.last_used = loop.time()
+            loop.call_later(self.keep_seconds, self._give_up, state, state.last_used)
 
     def _idle(self, state: SessionState) -> bool:
         return (
@@ -137,9 +141,11 @@ class SessionRegistry:
             and self.states.get(state.session.id) is state
         )
 
-    def _give_up(self, state: SessionState) -> None:
+    def _give_up(self, state: SessionState, let_go_at: float) -> None:
         if self._stop.is_set() or not self._idle(state):
             return  # used again meanwhile: its last user starts the keep anew
+        if state.last_used != let_go_at:
+            return  # used and let go again since: the timer of that release gives it up
         done = state.releasing = asyncio.get_running_loop().create_future()
         future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
 

@@ -161,12 +161,12 @@ class StepExecution(EngineCore):
         except ModelError as exc:
             raise StepFailure(f"step {current.step.name!r}: {exc}") from exc
         rc = self._render_context(ctx)
+        history = await self._conversation(ctx.state) if config.include_history else []
         turns: list[ChatTurn] = []
         try:
             if config.system_prompt:
                 turns.append(ChatTurn("system", render(config.system_prompt, rc)))
-            if config.include_history:
-                turns.extend(ChatTurn(m.role, m.content) for m in ctx.state.session.messages)
+            turns.extend(ChatTurn(m.role, m.content) for m in history)
             prompt = current.step.prompt_template
             if prompt is not None and prompt.type == "chat":
                 turns.extend(ChatTurn(m.role, render(m.content, rc)) for m in prompt.messages)
@@ -320,7 +320,7 @@ class StepExecution(EngineCore):
             run.eval_job_id = new_id()  # the job is created with this id once this commits
         assert run.user_message is not None and run.ai_message is not None
         run.ai_message.content = response
-        session.messages.extend([run.user_message, run.ai_message])
+        self._append_messages(ctx, [run.user_message, run.ai_message])
         session.status = SessionStatus.COMPLETED
         session.artifact = {"response": response, "steps": dict(ctx.results)}
         self._move(

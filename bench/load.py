@@ -199,6 +199,27 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_threads(pid: int) -> dict[str, float]:
+    """CPU seconds of each of a process's threads, summed by thread name (the main thread,
+    which runs the event loop, is "main"), and the kernel's part of each ("NAME sys"): who in
+    the server spends it."""
+    out: dict[str, float] = {}
+    if not pid:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except FileNotFoundError:
+            continue  # a thread that ended between the listing and the read
+        name = "main" if tid == str(pid) else head.partition("(")[2]
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[f"{name} sys"] = out.get(f"{name} sys", 0.0) + int(fields[12]) / tick
+    return out
+
+
 async def paced(rate: float, seconds: float, call: Callable[[], Awaitable[None]]) -> dict[str, Any]:
     """One caller starting a run every 1/rate s (open loop on a fixed schedule; a run still in
     flight at its successor's time delays it, since runs on one session follow each other)."""
@@ -255,11 +276,13 @@ async def windowed(
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     own0 = os.times()
+    threads0 = server_threads(args.pid)
     cpu0, n0, b0, t0 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
     state["measuring"] = True
     await asyncio.sleep(args.seconds)
     state["measuring"] = False
     cpu1, n1, b1, t1 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
+    threads1 = server_threads(args.pid)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -273,6 +296,11 @@ async def windowed(
         "delivered_per_s": delivered / (t1 - t0),
         "mean_bytes": (b1 - b0) / max(1, delivered),
         "server_cpu_s": cpu1 - cpu0,
+        "server_threads_cpu_s": {
+            name: round(cpu - threads0.get(name, 0.0), 3)
+            for name, cpu in threads1.items()
+            if cpu - threads0.get(name, 0.0) > 0
+        },
         "client_window_cpu_s": _cpu_since(own0),
         "cut_off": state["cut_off"],
         "events_timed": len(delays),
@@ -331,7 +359,7 @@ async def w3_watch(
                 received = time.time()
                 state["received"] += 1
                 state["bytes"] += len(raw)
-                if state["measuring"]:
+                if state["measuring"] and not os.environ.get("W3_NOPARSE"):
                     event = pb.RunEvent.FromString(raw)
                     if event.seq:
                         delays.append(received - event.time.seconds - event.time.nanos / 1e9)

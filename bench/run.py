@@ -843,6 +843,12 @@ def collect(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "mean_bytes": statistics.fmean(r["mean_bytes"] for r in parts),
         "server_cores": cpu / window,
         "server_cpu_us_per_delivered": 1e6 * cpu / max(1.0, delivered_per_s * window),
+        # The server's CPU per delivered message by thread: the event loop ("main") against
+        # grpc's own threads (poller, event engine) and the store's.
+        "server_thread_us_per_delivered": {
+            name: round(1e6 * s / max(1.0, delivered_per_s * window), 2)
+            for name, s in parts[0]["server_threads_cpu_s"].items()
+        },
         "client_cores": client_cpu / window,
         "cut_off": sum(r["cut_off"] for r in parts),
         "events_timed": sum(r["events_timed"] for r in parts),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import uuid
@@ -29,10 +30,22 @@ PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 KEY_RECHECK_SECONDS = 1.0
 KEY_GONE = "flowsvc: api key no longer valid"
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+_sent: contextvars.ContextVar[Callable[[int], None]] = contextvars.ContextVar("sent")
 
 
 def current_principal() -> Principal:
     return _principal.get()
+
+
+def _uncounted(count: int) -> None:
+    return None
+
+
+def messages_sent() -> Callable[[int], None]:
+    """How a response stream that writes pre-encoded bytes (events, encoded once for all their
+    subscribers) counts what it wrote, in bulk: the guard counts every other message itself
+    as it serializes it."""
+    return _sent.get(_uncounted)
 
 
 def _presented_key(metadata: dict[str, str]) -> str | None:
@@ -137,9 +150,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             sent = self._observer.message_sent
 
             def pass_bytes(message: Any) -> bytes:
-                # Event streams write events serialized once for all their subscribers.
-                sent(method, "server_stream")
-                return message if isinstance(message, bytes) else serialize(message)
+                # Event streams write events serialized once for all their subscribers, and
+                # count them in bulk (messages_sent): no call per message here.
+                if message.__class__ is bytes:
+                    return message
+                sent(method, "server_stream", 1)
+                return serialize(message)  # type: ignore[no-any-return]
 
             return grpc.unary_stream_rpc_method_handler(
                 self._writer(handler.unary_stream, method, metadata),
@@ -188,6 +204,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return unary
 
     def _writer(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
+        sent = self._observer.message_sent
+
         async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             call = self._observer.start(method, "server_stream", metadata)
             outcome = _Outcome()
@@ -201,6 +219,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     this = asyncio.current_task()
                     assert this is not None
                     watchdog = asyncio.create_task(self._guard_stream(principal, this))
+                _sent.set(functools.partial(sent, method, "server_stream"))
                 await inner(request, context)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()

@@ -107,7 +107,8 @@ class CallObserver:
     def start(self, method: str, kind: str, metadata: Any) -> Call:
         return Call(self, method, kind, metadata)
 
-    def message_sent(self, method: str, kind: str) -> None:
-        if self.metrics is not None:
+    def message_sent(self, method: str, kind: str, count: int = 1) -> None:
+        """`count` messages sent on a stream (event streams count theirs in bulk)."""
+        if self.metrics is not None and count:
             service, _, name = method.lstrip("/").partition("/")
-            self.metrics.sent.labels(kind, service, name).inc()
+            self.metrics.sent.labels(kind, service, name).inc(count)

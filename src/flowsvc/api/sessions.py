@@ -14,7 +14,7 @@ from flowsvc.api.convert import (
     struct_to_dict,
 )
 from flowsvc.api.guard import current_principal
-from flowsvc.api.streaming import send_events
+from flowsvc.api.streaming import send_batches
 from flowsvc.domain.run_requests import NewSession
 from flowsvc.domain.sessions import Sessions, SessionView
 from flowsvc.v1 import resources_pb2 as pb
@@ -101,4 +101,4 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
         events = self._sessions.watch(
             current_principal().organisation_id, request.session_id, request.after_seq
         )
-        await send_events(context, events, self._write_timeout, request.after_seq)
+        await send_batches(context, events, self._write_timeout, request.after_seq)

@@ -84,6 +84,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=0, help="w3-drive: runs started per s")
+    parser.add_argument(
+        "--ahead", type=int, default=0, help="w3-drive: runs not yet delivered, at most"
+    )
     parser.add_argument("--size", type=int, default=1024, help="stream-watch: message bytes")
     parser.add_argument("--pid", type=int, default=0, help="server whose CPU the window reads")
     parser.add_argument("--runs", type=int, default=0, help="w6: runs per caller")
@@ -148,6 +151,8 @@ async def main() -> None:
 
             if args.rate:
                 result = await paced(args.rate, args.seconds, call)
+            elif args.ahead:
+                result = await ahead_of_delivery(channel, metadata, args, call)
             else:
                 result = await closed_loop(1, args.seconds, call)
         elif args.workload == "w3-watch":
@@ -252,6 +257,46 @@ async def paced(rate: float, seconds: float, call: Callable[[], Awaitable[None]]
         "seconds": elapsed,
         "rate": rate,
     }
+
+
+async def ahead_of_delivery(
+    channel: grpc.aio.Channel,
+    metadata: Any,
+    args: argparse.Namespace,
+    call: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """Runs back to back on the session, but never more than `--ahead` of what has been
+    delivered: the driver watches the session too (one more subscriber) and starts a run
+    only while fewer than `--ahead` runs have not reached it whole (their RUN_COMPLETED).
+    The subscribers always have a run or two queued, and the server does not spend its CPU
+    on runs that no subscriber will receive within the window."""
+    delivered = asyncio.Condition()
+    counts = {"started": 1, "completed": 0}  # the session's first run is replayed
+
+    async def watch() -> None:
+        stream = ss_grpc.SessionServiceStub(channel).WatchSession(
+            ss.WatchSessionRequest(session_id=args.session), metadata=metadata
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for event in stream:
+                if event.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                    async with delivered:
+                        counts["completed"] += 1
+                        delivered.notify_all()
+
+    async def gated() -> None:
+        async with delivered:
+            await delivered.wait_for(lambda: counts["started"] - counts["completed"] < args.ahead)
+        counts["started"] += 1
+        await call()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await closed_loop(1, args.seconds, gated)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def windowed(
@@ -359,7 +404,7 @@ async def w3_watch(
                 received = time.time()
                 state["received"] += 1
                 state["bytes"] += len(raw)
-                if state["measuring"] and not os.environ.get("W3_NOPARSE"):
+                if state["measuring"]:
                     event = pb.RunEvent.FromString(raw)
                     if event.seq:
                         delays.append(received - event.time.seconds - event.time.nanos / 1e9)

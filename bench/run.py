@@ -884,11 +884,15 @@ def message_count(address: str, key: str, session_id: str) -> int:
         return len(got.messages)
 
 
+W3_AHEAD = 3  # (b): runs started but not yet delivered (to the driver's own watcher), at most
+
+
 def w3_flowsvc(
     work: Path, tag: str, env: dict[str, str], seconds: float, rate: float
 ) -> dict[str, Any]:
     """200 WatchSession subscribers on one session (one run in it before they join), then
-    chain5 runs on it back to back (rate 0) or started `rate` times a second."""
+    chain5 runs on it back to back, at most W3_AHEAD runs ahead of delivery (rate 0), or
+    started `rate` times a second."""
     server = Server(work / f"w3-{tag}.db", env=env)
     try:
         key = server.key()
@@ -899,7 +903,7 @@ def w3_flowsvc(
         )
         args = [PY, str(HERE / "load.py"), "w3-drive", "--target", server.address, "--key", key]
         args += ["--flow", chain, "--session", first.session_id, "--seconds", str(seconds + 2)]
-        args += ["--rate", str(rate)]
+        args += ["--rate", str(rate), "--ahead", str(0 if rate else W3_AHEAD)]
         driver = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         time.sleep(1.0)  # the driver's process starts and its runs flow
         go(procs, server.proc.pid, f"w3-{tag}")

@@ -50,6 +50,7 @@ async def send_batches(
     session_id = ""
     batch: list[RunEvent] = []
     written = 0  # writes completed, ever: the timer's measure of progress
+    counted = 0  # of those, counted as sent messages (per list, and the rest at the end)
     batch_start = 0  # `written` when the current list began
     writing = False
     stalled = False
@@ -78,22 +79,23 @@ async def send_batches(
                 await write(data)
                 written += 1
             writing = False
-            count_sent(len(batch))
+            count_sent(written - counted)
+            counted = written
             last = _last_seq(batch, last)
         batch = []
     except asyncio.CancelledError as exc:
         if not stalled or stream is None:
             raise
         stream.uncancel()
-        done = written - batch_start
-        count_sent(done)
-        last = _last_seq(batch[:done], last)
+        last = _last_seq(batch[: written - batch_start], last)
         raise ResourceExhausted(
             f"subscriber stopped reading for {write_timeout:g}s; resume with after_seq={last}",
             subject=f"sessions/{session_id}",
             limit="subscriber_write_timeout",
         ) from exc
     finally:
+        if written > counted:
+            count_sent(written - counted)  # a stream that ended in the middle of a list
         if timer is not None:
             timer.cancel()
         await batches.aclose()  # type: ignore[attr-defined]

@@ -72,6 +72,8 @@ async def send_batches(
     timer = loop.call_later(write_timeout / 4, watch)
     try:
         async for batch in batches:
+            if not batch:
+                continue
             session_id = batch[0].session_id
             batch_start = written
             writing = True

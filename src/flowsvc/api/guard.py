@@ -95,6 +95,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, keys: Keys, max_request_bytes: int, observer: CallObserver | None = None
     ) -> None:
         self._keys = keys
+        self._key_streams: dict[str, set[asyncio.Task[Any]]] = {}  # open streams by API key
+        self._key_watchers: dict[str, asyncio.Task[None]] = {}  # their recheck, one per key
         self._observer = observer or CallObserver()
         self._max_request_bytes = max_request_bytes
         # For grpc.max_receive_message_length: see decode.CORE_LIMIT_FACTOR.
@@ -110,12 +112,42 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         call.fields["organisation_id"] = principal.organisation_id
         return principal
 
-    async def _guard_stream(self, principal: Principal, stream: asyncio.Task[Any]) -> None:
-        """An open stream ends when the key behind it is revoked or expires."""
+    def _watch_key(self, principal: Principal, stream: asyncio.Task[Any]) -> Callable[[], None]:
+        """An open stream ends when the key behind it is revoked or expires: one recheck per
+        key with open streams, every KEY_RECHECK_SECONDS, however many streams it has (not a
+        task and a lookup per stream). Returns what to call when the stream ends."""
+        key_id = principal.key_id
+        streams = self._key_streams.setdefault(key_id, set())
+        streams.add(stream)
+        if key_id not in self._key_watchers:
+            self._key_watchers[key_id] = asyncio.create_task(self._recheck_key(principal))
+
+        def release() -> None:
+            streams.discard(stream)
+            if not streams and self._key_streams.get(key_id) is streams:
+                del self._key_streams[key_id]
+                watcher = self._key_watchers.pop(key_id, None)
+                if watcher is not None:
+                    watcher.cancel()
+
+        return release
+
+    async def _recheck_key(self, principal: Principal) -> None:
+        key_id = principal.key_id
         while True:
             await asyncio.sleep(KEY_RECHECK_SECONDS)
-            if not await self._keys.still_valid(principal):
-                stream.cancel(KEY_GONE)
+            try:
+                valid = await self._keys.still_valid(principal)
+            except Exception:
+                # The store is unreachable for a moment: the streams go on, checked next time.
+                log.warning("API key recheck failed", exc_info=True)
+                continue
+            if not valid:
+                # A stream that opens from now on starts a watcher of its own (its call was
+                # authenticated before the key went, or it would not have opened).
+                self._key_watchers.pop(key_id, None)
+                for stream in self._key_streams.pop(key_id, set()):
+                    stream.cancel(KEY_GONE)
                 return
 
     @staticmethod
@@ -209,7 +241,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             call = self._observer.start(method, "server_stream", metadata)
             outcome = _Outcome()
-            watchdog: asyncio.Task[None] | None = None
+            release: Callable[[], None] | None = None
             try:
                 principal = await self._enter(call, metadata)
                 if isinstance(request, Refusal):
@@ -218,7 +250,7 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if principal is not None:
                     this = asyncio.current_task()
                     assert this is not None
-                    watchdog = asyncio.create_task(self._guard_stream(principal, this))
+                    release = self._watch_key(principal, this)
                 _sent.set(functools.partial(sent, method, "server_stream"))
                 await inner(request, context)
             except asyncio.CancelledError as exc:
@@ -232,8 +264,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:
                 outcome.fail(exc, method)
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                if release is not None:
+                    release()
                 self._log(call, outcome.code)
             await outcome.abort(context)
 

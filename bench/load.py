@@ -84,6 +84,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rate", type=float, default=0, help="w3-drive: runs started per s")
+    parser.add_argument(
+        "--ahead", type=int, default=0, help="w3-drive: runs not yet delivered, at most"
+    )
     parser.add_argument("--size", type=int, default=1024, help="stream-watch: message bytes")
     parser.add_argument("--pid", type=int, default=0, help="server whose CPU the window reads")
     parser.add_argument("--runs", type=int, default=0, help="w6: runs per caller")
@@ -148,6 +151,8 @@ async def main() -> None:
 
             if args.rate:
                 result = await paced(args.rate, args.seconds, call)
+            elif args.ahead:
+                result = await ahead_of_delivery(channel, metadata, args, call)
             else:
                 result = await closed_loop(1, args.seconds, call)
         elif args.workload == "w3-watch":
@@ -199,6 +204,27 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_threads(pid: int) -> dict[str, float]:
+    """CPU seconds of each of a process's threads, summed by thread name (the main thread,
+    which runs the event loop, is "main"), and the kernel's part of each ("NAME sys"): who in
+    the server spends it."""
+    out: dict[str, float] = {}
+    if not pid:
+        return out
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+        except FileNotFoundError:
+            continue  # a thread that ended between the listing and the read
+        name = "main" if tid == str(pid) else head.partition("(")[2]
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[f"{name} sys"] = out.get(f"{name} sys", 0.0) + int(fields[12]) / tick
+    return out
+
+
 async def paced(rate: float, seconds: float, call: Callable[[], Awaitable[None]]) -> dict[str, Any]:
     """One caller starting a run every 1/rate s (open loop on a fixed schedule; a run still in
     flight at its successor's time delays it, since runs on one session follow each other)."""
@@ -233,6 +259,46 @@ async def paced(rate: float, seconds: float, call: Callable[[], Awaitable[None]]
     }
 
 
+async def ahead_of_delivery(
+    channel: grpc.aio.Channel,
+    metadata: Any,
+    args: argparse.Namespace,
+    call: Callable[[], Awaitable[None]],
+) -> dict[str, Any]:
+    """Runs back to back on the session, but never more than `--ahead` of what has been
+    delivered: the driver watches the session too (one more subscriber) and starts a run
+    only while fewer than `--ahead` runs have not reached it whole (their RUN_COMPLETED).
+    The subscribers always have a run or two queued, and the server does not spend its CPU
+    on runs that no subscriber will receive within the window."""
+    delivered = asyncio.Condition()
+    counts = {"started": 1, "completed": 0}  # the session's first run is replayed
+
+    async def watch() -> None:
+        stream = ss_grpc.SessionServiceStub(channel).WatchSession(
+            ss.WatchSessionRequest(session_id=args.session), metadata=metadata
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for event in stream:
+                if event.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                    async with delivered:
+                        counts["completed"] += 1
+                        delivered.notify_all()
+
+    async def gated() -> None:
+        async with delivered:
+            await delivered.wait_for(lambda: counts["started"] - counts["completed"] < args.ahead)
+        counts["started"] += 1
+        await call()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await closed_loop(1, args.seconds, gated)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 async def windowed(
     args: argparse.Namespace, subscriber: Callable[[dict[str, Any]], Awaitable[None]]
 ) -> dict[str, Any]:
@@ -255,11 +321,13 @@ async def windowed(
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     own0 = os.times()
+    threads0 = server_threads(args.pid)
     cpu0, n0, b0, t0 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
     state["measuring"] = True
     await asyncio.sleep(args.seconds)
     state["measuring"] = False
     cpu1, n1, b1, t1 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
+    threads1 = server_threads(args.pid)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -273,6 +341,11 @@ async def windowed(
         "delivered_per_s": delivered / (t1 - t0),
         "mean_bytes": (b1 - b0) / max(1, delivered),
         "server_cpu_s": cpu1 - cpu0,
+        "server_threads_cpu_s": {
+            name: round(cpu - threads0.get(name, 0.0), 3)
+            for name, cpu in threads1.items()
+            if cpu - threads0.get(name, 0.0) > 0
+        },
         "client_window_cpu_s": _cpu_since(own0),
         "cut_off": state["cut_off"],
         "events_timed": len(delays),

@@ -843,6 +843,12 @@ def collect(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "mean_bytes": statistics.fmean(r["mean_bytes"] for r in parts),
         "server_cores": cpu / window,
         "server_cpu_us_per_delivered": 1e6 * cpu / max(1.0, delivered_per_s * window),
+        # The server's CPU per delivered message by thread: the event loop ("main") against
+        # grpc's own threads (poller, event engine) and the store's.
+        "server_thread_us_per_delivered": {
+            name: round(1e6 * s / max(1.0, delivered_per_s * window), 2)
+            for name, s in parts[0]["server_threads_cpu_s"].items()
+        },
         "client_cores": client_cpu / window,
         "cut_off": sum(r["cut_off"] for r in parts),
         "events_timed": sum(r["events_timed"] for r in parts),
@@ -878,11 +884,15 @@ def message_count(address: str, key: str, session_id: str) -> int:
         return len(got.messages)
 
 
+W3_AHEAD = 3  # (b): runs started but not yet delivered (to the driver's own watcher), at most
+
+
 def w3_flowsvc(
     work: Path, tag: str, env: dict[str, str], seconds: float, rate: float
 ) -> dict[str, Any]:
     """200 WatchSession subscribers on one session (one run in it before they join), then
-    chain5 runs on it back to back (rate 0) or started `rate` times a second."""
+    chain5 runs on it back to back, at most W3_AHEAD runs ahead of delivery (rate 0), or
+    started `rate` times a second."""
     server = Server(work / f"w3-{tag}.db", env=env)
     try:
         key = server.key()
@@ -893,7 +903,7 @@ def w3_flowsvc(
         )
         args = [PY, str(HERE / "load.py"), "w3-drive", "--target", server.address, "--key", key]
         args += ["--flow", chain, "--session", first.session_id, "--seconds", str(seconds + 2)]
-        args += ["--rate", str(rate)]
+        args += ["--rate", str(rate), "--ahead", str(0 if rate else W3_AHEAD)]
         driver = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         time.sleep(1.0)  # the driver's process starts and its runs flow
         go(procs, server.proc.pid, f"w3-{tag}")

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 
 from flowsvc.v1 import live_flow_service_pb2 as svc
@@ -309,3 +310,37 @@ def test_keys_create_beside_a_server_starting_on_a_new_database_succeeds(tmp_pat
             server.wait(timeout=30)
         assert minted.returncode == 0, minted.stderr[-400:]
         assert minted.stdout.strip().splitlines()[-1].startswith("fsk_")
+
+
+def test_revoking_a_key_ends_every_stream_it_opened_and_no_other(deployment: Deployment) -> None:
+    """The guard rechecks each key once for all of its open streams."""
+    from flowsvc.v1 import flow_run_service_pb2 as fr
+    from flowsvc.v1 import session_service_pb2 as ss
+    from tests.graphs import struct, with_input
+    from tests.harness import mint_key
+
+    revoked = mint_key(deployment.database_url, "acme")
+    kept = mint_key(deployment.database_url, "acme")
+    a = connect(deployment.address, [("api-key", revoked)])
+    b = connect(deployment.address, [("api-key", kept)])
+    flow = a.flows.CreateLiveFlow(create_request(graph=with_input()))
+    waiting = a.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(topic="t")))
+    watch = ss.WatchSessionRequest(session_id=waiting.session_id)
+    # A deadline: a stream the guard failed to end fails the test rather than hanging it.
+    doomed = [a.sessions.WatchSession(watch, timeout=60) for _ in range(3)]
+    survivor = b.sessions.WatchSession(watch, timeout=60)
+    assert [next(s).seq for s in [*doomed, survivor]] == [1, 1, 1, 1]  # all four are open
+    assert _cli(deployment, "revoke", _key_id(revoked)).returncode == 0
+    for stream in doomed:
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code() == UNAUTH
+    # The other key's stream is still open and goes on with the session.
+    b.sessions.SubmitUserInput(
+        ss.SubmitUserInputRequest(session_id=waiting.session_id, user_input="x", wait=True)
+    )
+    for event in survivor:
+        if event.seq == 10:  # the run's last event, after the answer
+            break
+    survivor.cancel()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -93,6 +94,57 @@ def test_rpc_metrics_count_calls_by_method_type_and_code(
     assert _value(
         text, "grpc_server_msg_sent_total", grpc_type="server_stream", grpc_method="StreamRunFlow"
     ) == len(events)
+
+
+def test_sent_messages_count_every_event_a_session_stream_wrote(
+    metered: tuple[InProcessServer, str],
+) -> None:
+    """Event streams count what they write in bulk (per batch, the rest when they end), not
+    per message: the count stays exact, for a replay and for live events with deltas."""
+    server, key = metered
+    client = connect(server.address, bearer(key))
+    watch = {"grpc_type": "server_stream", "grpc_method": "WatchSession"}
+
+    def count(name: str, **labels: str) -> float:
+        try:
+            return _value(_scrape(server.server.metrics_port), name, **watch, **labels)
+        except AssertionError:
+            return 0.0  # not counted yet
+
+    def sent() -> float:
+        return count("grpc_server_msg_sent_total")
+
+    def ended_streams() -> float:
+        return count("grpc_server_handled_total", grpc_code="CANCELLED")
+
+    flow = client.flows.CreateLiveFlow(create_request())
+    first = client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="a")))
+    second = fr.RunFlowRequest(
+        flow_id=flow.id,
+        body=struct(question="b"),
+        options=pb.RunOptions(session_id=first.session_id),
+    )
+    # A replay of the finished run (12 events); then, from seq 11, its last event and, once
+    # that is in (the stream is subscribed), a second run live: 12 events and the deltas of
+    # its three LLM steps. Nothing else is committed: the server writes exactly these.
+    for after_seq, live, expected in ((0, False, 12), (11, True, 1 + 12 + 3)):
+        before, ended = sent(), ended_streams()
+        stream = client.sessions.WatchSession(
+            ss.WatchSessionRequest(session_id=first.session_id, after_seq=after_seq)
+        )
+        received = 0
+        for event in stream:
+            received += 1
+            if live and event.seq == 12:
+                client.runs.RunFlow(second)
+            if received == expected:
+                break
+        stream.cancel()
+        for _ in range(1000):  # the stream's end is counted once the server has handled it
+            if ended_streams() > ended:
+                break
+            time.sleep(0.01)
+        assert sent() - before == received == expected
 
 
 def test_flowsvc_metrics_count_runs_steps_models_and_commits(

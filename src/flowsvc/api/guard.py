@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import uuid
@@ -30,10 +31,22 @@ PUBLIC_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 KEY_RECHECK_SECONDS = 1.0
 KEY_GONE = "flowsvc: api key no longer valid"
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal")
+_sent: contextvars.ContextVar[Callable[[int], None]] = contextvars.ContextVar("sent")
 
 
 def current_principal() -> Principal:
     return _principal.get()
+
+
+def _uncounted(count: int) -> None:
+    return None
+
+
+def messages_sent() -> Callable[[int], None]:
+    """How a response stream that writes pre-encoded bytes (events, encoded once for all their
+    subscribers) counts what it wrote, in bulk: the guard counts every other message itself
+    as it serializes it."""
+    return _sent.get(_uncounted)
 
 
 def _presented_key(metadata: dict[str, str]) -> str | None:
@@ -83,6 +96,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, keys: Keys, max_request_bytes: int, observer: CallObserver | None = None
     ) -> None:
         self._keys = keys
+        self._key_streams: dict[str, set[asyncio.Task[Any]]] = {}  # open streams by API key
+        self._key_watchers: dict[str, asyncio.Task[None]] = {}  # their recheck, one per key
         self._observer = observer or CallObserver()
         self._max_request_bytes = max_request_bytes
         # For grpc.max_receive_message_length: see decode.CORE_LIMIT_FACTOR.
@@ -98,12 +113,42 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         call.fields["organisation_id"] = principal.organisation_id
         return principal
 
-    async def _guard_stream(self, principal: Principal, stream: asyncio.Task[Any]) -> None:
-        """An open stream ends when the key behind it is revoked or expires."""
+    def _watch_key(self, principal: Principal, stream: asyncio.Task[Any]) -> Callable[[], None]:
+        """An open stream ends when the key behind it is revoked or expires: one recheck per
+        key with open streams, every KEY_RECHECK_SECONDS, however many streams it has (not a
+        task and a lookup per stream). Returns what to call when the stream ends."""
+        key_id = principal.key_id
+        streams = self._key_streams.setdefault(key_id, set())
+        streams.add(stream)
+        if key_id not in self._key_watchers:
+            self._key_watchers[key_id] = asyncio.create_task(self._recheck_key(principal))
+
+        def release() -> None:
+            streams.discard(stream)
+            if not streams and self._key_streams.get(key_id) is streams:
+                del self._key_streams[key_id]
+                watcher = self._key_watchers.pop(key_id, None)
+                if watcher is not None:
+                    watcher.cancel()
+
+        return release
+
+    async def _recheck_key(self, principal: Principal) -> None:
+        key_id = principal.key_id
         while True:
             await asyncio.sleep(KEY_RECHECK_SECONDS)
-            if not await self._keys.still_valid(principal):
-                stream.cancel(KEY_GONE)
+            try:
+                valid = await self._keys.still_valid(principal)
+            except Exception:
+                # The store is unreachable for a moment: the streams go on, checked next time.
+                log.warning("API key recheck failed", exc_info=True)
+                continue
+            if not valid:
+                # A stream that opens from now on starts a watcher of its own (its call was
+                # authenticated before the key went, or it would not have opened).
+                self._key_watchers.pop(key_id, None)
+                for stream in self._key_streams.pop(key_id, set()):
+                    stream.cancel(KEY_GONE)
                 return
 
     @staticmethod
@@ -136,9 +181,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             sent = self._observer.message_sent
 
             def pass_bytes(message: Any) -> bytes:
-                # Event streams write events serialized once for all their subscribers.
-                sent(method, "server_stream")
-                return message if isinstance(message, bytes) else serialize(message)
+                # Event streams write events serialized once for all their subscribers, and
+                # count them in bulk (messages_sent): no call per message here.
+                if message.__class__ is bytes:
+                    return message
+                sent(method, "server_stream", 1)
+                return serialize(message)  # type: ignore[no-any-return]
 
             return grpc.unary_stream_rpc_method_handler(
                 self._writer(handler.unary_stream, method, metadata),
@@ -187,10 +235,12 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return unary
 
     def _writer(self, inner: Any, method: str, metadata: dict[str, str]) -> Any:
+        sent = self._observer.message_sent
+
         async def writer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             call = self._observer.start(method, "server_stream", metadata)
             outcome = _Outcome()
-            watchdog: asyncio.Task[None] | None = None
+            release: Callable[[], None] | None = None
             try:
                 principal = await self._enter(call, metadata)
                 if isinstance(request, Refusal):
@@ -199,7 +249,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 if principal is not None:
                     this = asyncio.current_task()
                     assert this is not None
-                    watchdog = asyncio.create_task(self._guard_stream(principal, this))
+                    release = self._watch_key(principal, this)
+                _sent.set(functools.partial(sent, method, "server_stream"))
                 await inner(request, context)
             except asyncio.CancelledError as exc:
                 task = asyncio.current_task()
@@ -212,8 +263,8 @@ class CallGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except Exception as exc:
                 outcome.fail(exc, method)
             finally:
-                if watchdog is not None:
-                    watchdog.cancel()
+                if release is not None:
+                    release()
                 self._log(call, outcome.code)
             await outcome.abort(context)
 

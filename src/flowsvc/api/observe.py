@@ -143,5 +143,6 @@ class CallObserver:
     def start(self, method: str, kind: str, metadata: Any) -> Call:
         return Call(self, method, kind, metadata)
 
-    def message_sent(self, method: str, kind: str) -> None:
-        self.method(method, kind).sent.value += 1
+    def message_sent(self, method: str, kind: str, count: int = 1) -> None:
+        """`count` messages sent on a stream (event streams count theirs in bulk)."""
+        self.method(method, kind).sent.value += count

@@ -14,7 +14,7 @@ from flowsvc.api.convert import (
     struct_to_dict,
 )
 from flowsvc.api.guard import current_principal
-from flowsvc.api.streaming import send_events
+from flowsvc.api.streaming import send_batches
 from flowsvc.domain.forks import ForkRequest, SessionForks
 from flowsvc.domain.run_requests import NewSession
 from flowsvc.domain.sessions import Sessions, SessionView
@@ -103,7 +103,7 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
         events = self._sessions.watch(
             current_principal().organisation_id, request.session_id, request.after_seq
         )
-        await send_events(context, events, self._write_timeout, request.after_seq)
+        await send_batches(context, events, self._write_timeout, request.after_seq)
 
     async def ForkSession(self, request: svc.ForkSessionRequest, context: Context) -> pb.Session:
         fork = ForkRequest(

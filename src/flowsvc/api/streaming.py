@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from flowsvc.api.convert import event_bytes
+from flowsvc.api.guard import messages_sent
 from flowsvc.domain.errors import ResourceExhausted
 from flowsvc.domain.runs import RunEvent
 
@@ -16,22 +17,52 @@ _STALLED = "flowsvc: subscriber stopped reading"
 async def send_events(
     context: Any, events: AsyncIterator[RunEvent], write_timeout: float, after_seq: int = 0
 ) -> None:
-    """Write each event; a write that waits `write_timeout` on a client that stopped reading
-    ends the stream with RESOURCE_EXHAUSTED and the seq to resume after.
+    """`send_batches` for a stream of single events."""
+
+    async def singles() -> AsyncIterator[list[RunEvent]]:
+        try:
+            async for event in events:
+                yield [event]
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    await send_batches(context, singles(), write_timeout, after_seq)
+
+
+async def send_batches(
+    context: Any,
+    batches: AsyncIterator[list[RunEvent]],
+    write_timeout: float,
+    after_seq: int = 0,
+) -> None:
+    """Write the events of each list, encoded once for all subscribers, in one tight loop; a
+    subscriber that makes no progress for `write_timeout` while a write waits on it ends the
+    stream with RESOURCE_EXHAUSTED and the seq to resume after.
 
     One timer per stream watches the writes (not a task and a timer per write: a stream to
-    hundreds of subscribers writes tens of thousands of events a second)."""
-    last = after_seq
-    session_id = ""
+    hundreds of subscribers writes tens of thousands of events a second); the writes count
+    as sent messages in bulk, per list."""
     loop = asyncio.get_running_loop()
     stream = asyncio.current_task()
-    writing_since: float | None = None
+    write = context.write
+    count_sent = messages_sent()
+    last = after_seq  # the seq of the last event written whole
+    session_id = ""
+    batch: list[RunEvent] = []
+    written = 0  # writes completed, ever: the timer's measure of progress
+    counted = 0  # of those, counted as sent messages (per list, and the rest at the end)
+    batch_start = 0  # `written` when the current list began
+    writing = False
     stalled = False
+    seen, seen_at = -1, loop.time()
     timer: asyncio.TimerHandle | None = None
 
     def watch() -> None:
-        nonlocal timer, stalled
-        if writing_since is not None and loop.time() - writing_since >= write_timeout:
+        nonlocal timer, stalled, seen, seen_at
+        now = loop.time()
+        if not writing or written != seen:
+            seen, seen_at = written, now
+        elif now - seen_at >= write_timeout:
             stalled = True
             if stream is not None:
                 stream.cancel(_STALLED)
@@ -40,23 +71,41 @@ async def send_events(
 
     timer = loop.call_later(write_timeout / 4, watch)
     try:
-        async for event in events:
-            session_id = event.session_id
-            writing_since = loop.time()
-            await context.write(event_bytes(event))
-            writing_since = None
-            if event.seq:
-                last = event.seq
+        async for batch in batches:
+            if not batch:
+                continue
+            session_id = batch[0].session_id
+            batch_start = written
+            writing = True
+            for data in [event_bytes(e) for e in batch]:
+                await write(data)
+                written += 1
+            writing = False
+            count_sent(written - counted)
+            counted = written
+            last = _last_seq(batch, last)
+        batch = []
     except asyncio.CancelledError as exc:
         if not stalled or stream is None:
             raise
         stream.uncancel()
+        last = _last_seq(batch[: written - batch_start], last)
         raise ResourceExhausted(
             f"subscriber stopped reading for {write_timeout:g}s; resume with after_seq={last}",
             subject=f"sessions/{session_id}",
             limit="subscriber_write_timeout",
         ) from exc
     finally:
+        if written > counted:
+            count_sent(written - counted)  # a stream that ended in the middle of a list
         if timer is not None:
             timer.cancel()
-        await events.aclose()  # type: ignore[attr-defined]
+        await batches.aclose()  # type: ignore[attr-defined]
+
+
+def _last_seq(events: list[RunEvent], last: int) -> int:
+    """The seq of the last event with one (deltas have none), else `last`."""
+    for event in reversed(events):
+        if event.seq:
+            return event.seq
+    return last

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from flowsvc.domain.runs import RunEvent
 
@@ -21,32 +21,46 @@ class Subscription:
         # Closed because the server is going away, not because the session ended: the
         # subscriber is told to resume elsewhere rather than that the stream is complete.
         self.shutting_down = False
-        self._ready = asyncio.Event()
+        # The waiting subscriber's future, if it waits: one wake-up per publish however many
+        # events it brings (not an asyncio.Event: no set/clear and no waiter list).
+        self._waiter: asyncio.Future[None] | None = None
 
-    def push(self, event: RunEvent) -> bool:
-        """Queue the event; True when this push cut the subscriber off."""
+    def push_all(self, events: Sequence[RunEvent]) -> bool:
+        """Queue the events (of this subscriber's session, in order); True when this cut the
+        subscriber off: it would have held more than `capacity`."""
         if self.overflowed or self.closed is not None:
             return False
-        cut = len(self.queue) >= self.capacity
+        cut = len(self.queue) + len(events) > self.capacity
         if cut:
             self.overflowed = True
             self.queue.clear()  # memory is released at once; the subscriber resumes by seq
         else:
-            self.queue.append(event)
-        self._ready.set()
+            self.queue.extend(events)
+        self._wake()
         return cut
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self, reason: str) -> None:
         self.closed = reason
-        self._ready.set()
+        self._wake()
 
     def shut_down(self) -> None:
         self.shutting_down = True
         self.close("server shutting down")
 
     async def wait(self) -> None:
-        await self._ready.wait()
-        self._ready.clear()
+        """Until there is something to take: events, a cut-off or the end."""
+        if self.queue or self.overflowed or self.closed is not None:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def drain(self) -> list[RunEvent]:
         items = list(self.queue)
@@ -94,15 +108,20 @@ class Hub:
         return list(self._subscribers)
 
     def publish(self, events: Iterable[RunEvent]) -> None:
+        """Queue committed events (or deltas) for their sessions' subscribers: each
+        subscriber takes a commit's events in one push and is woken once for them."""
+        subscribers = self._subscribers
+        by_session: dict[str, list[RunEvent]] = {}
         for event in events:
-            subs = self._subscribers.get(event.session_id)
-            if not subs:
-                continue
-            for sub in subs:
-                if sub.push(event):
+            if event.session_id in subscribers:
+                by_session.setdefault(event.session_id, []).append(event)
+        for session_id, batch in by_session.items():
+            for sub in subscribers[session_id]:
+                if sub.push_all(batch):
                     self.cut_off += 1
-            if event.seq > self.positions.get(event.session_id, 0):
-                self.positions[event.session_id] = event.seq
+            top = max(event.seq for event in batch)
+            if top > self.positions.get(session_id, 0):
+                self.positions[session_id] = top
 
     def close_all(self, reason: str) -> None:
         for subs in list(self._subscribers.values()):

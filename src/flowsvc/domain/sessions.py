@@ -37,8 +37,8 @@ from flowsvc.domain.run_requests import (
     check_inputs,
     check_json_size,
 )
-from flowsvc.domain.runs import RunEvent, Session, SessionStatus, SessionStep
-from flowsvc.domain.watch import follow
+from flowsvc.domain.runs import Session, SessionStatus, SessionStep
+from flowsvc.domain.watch import EventBatch, follow_batches
 
 MESSAGE_ROLES = frozenset({"user", "assistant", "system"})
 
@@ -299,7 +299,10 @@ class Sessions:
         async with self._hold(org, session_id) as state:
             await self._engine.delete_session(state)
 
-    async def watch(self, org: str, session_id: str, after_seq: int) -> AsyncIterator[RunEvent]:
+    async def watch(
+        self, org: str, session_id: str, after_seq: int
+    ) -> AsyncIterator[EventBatch]:
+        """The session's events after `after_seq`, then live ones, in lists (follow_batches)."""
         require_id("session_id", session_id, "session")
         if after_seq < 0:
             raise InvalidArgument.one("after_seq", "must not be negative")
@@ -311,5 +314,6 @@ class Sessions:
             session = await self._store.get_session(org, session_id)
             return session is None or session.status is SessionStatus.EXPIRED
 
-        async for event in follow(self._store, self._hub, session_id, after_seq, stopped=ended):
-            yield event
+        batches = follow_batches(self._store, self._hub, session_id, after_seq, stopped=ended)
+        async for batch in batches:
+            yield batch

@@ -15,7 +15,15 @@ from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.graphs import create_request, struct, with_input
-from tests.harness import Client, InProcessServer, bearer, connect, mint_key, sqlite_url
+from tests.harness import (
+    Client,
+    InProcessServer,
+    bearer,
+    connect,
+    mint_key,
+    sqlite_url,
+    wait_until,
+)
 
 QUESTION = struct(question="q")
 DELTA = pb.RUN_EVENT_TYPE_STEP_DELTA
@@ -108,6 +116,45 @@ def test_watch_session_replays_every_run_gaplessly(client: Client) -> None:
         31,
     )
     assert [e.seq for e in events] == list(range(6, 37))
+
+
+def test_a_session_watcher_gets_each_delta_between_its_step_events(client: Client) -> None:
+    """Runs of instant steps commit several journals in one batch: a step's deltas still
+    reach a live watcher after its STEP_STARTED and before anything committed after it."""
+    flow = client.flows.CreateLiveFlow(create_request())
+    first = client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
+    runs = 10
+    # From seq 11: the first run's RUN_COMPLETED (seq 12) arrives once the watch is live.
+    stream = client.sessions.WatchSession(
+        ss.WatchSessionRequest(session_id=first.session_id, after_seq=11), timeout=60
+    )
+    received: list[pb.RunEvent] = []
+
+    def watch() -> None:
+        for event in stream:
+            received.append(event)
+            if sum(e.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED for e in received) == runs + 1:
+                stream.cancel()  # type: ignore[attr-defined]
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    wait_until(lambda: bool(received))
+    for _ in range(runs):
+        client.runs.RunFlow(
+            fr.RunFlowRequest(
+                flow_id=flow.id, body=QUESTION, options=pb.RunOptions(session_id=first.session_id)
+            )
+        )
+    watcher.join(60)
+    deltas = [i for i, e in enumerate(received) if e.type == DELTA]
+    assert len(deltas) == 3 * runs  # one per LLM step of each run: echo answers in one chunk
+    for i in deltas:
+        last = next(e for e in reversed(received[:i]) if e.type != DELTA)
+        after = next(e for e in received[i:] if e.type != DELTA)
+        assert last.type == pb.RUN_EVENT_TYPE_STEP_STARTED
+        assert after.type == pb.RUN_EVENT_TYPE_STEP_COMPLETED
+        assert last.step.id == received[i].session_step_id == after.step.id
 
 
 def take(stream: Iterator[pb.RunEvent], count: int) -> list[pb.RunEvent]:

@@ -57,6 +57,9 @@ class RunContext:
     results: dict[str, str] = field(default_factory=dict)
     user_inputs: dict[str, str] = field(default_factory=dict)
     pending: list[asyncio.Future[None]] = field(default_factory=list)
+    # The store's future of the last journal handed over: what follows its commit (a step's
+    # deltas after its STEP_STARTED) is chained on it, behind the publishing of its events.
+    last_commit: asyncio.Future[None] | None = None
     current: SessionStep | None = None
     # Moves not yet handed to the store: they go as one journal at the next flush.
     new_session: bool = False
@@ -244,7 +247,7 @@ class EngineCore:
         ctx.buffered_messages = []
         ctx.dirty = False
         ctx.yield_due = True
-        future = self._commit(journal)
+        future = ctx.last_commit = self._commit(journal)
         ctx.pending.append(asyncio.shield(future))
         first = ctx.first_commit
         if first is not None and not first.done():

@@ -246,17 +246,21 @@ class StepExecution(EngineCore):
             session_step_id=current.id,
         )
         self._flush(ctx)
-        if not ctx.pending:
+        last = ctx.last_commit
+        if last is None:
             self._hub.publish([delta])
             return
-        # After the step's STEP_STARTED: done-callbacks run in the order they were added.
+        # Behind the step's STEP_STARTED and before anything committed after it: a future's
+        # done-callbacks run in the order they were added (also once it is done), and the
+        # store resolves journals in order. (Chained on a shield instead, a delta would come
+        # a loop turn late, after the events of journals committed in the same batch.)
         hub = self._hub
 
         def publish(done: asyncio.Future[None]) -> None:
             if not done.cancelled() and done.exception() is None:
                 hub.publish([delta])
 
-        ctx.pending[-1].add_done_callback(publish)
+        last.add_done_callback(publish)
 
     def _step_finished(self, current: SessionStep) -> None:
         seconds = (current.updated_at - current.created_at).total_seconds()

@@ -628,6 +628,40 @@ def test_a_refused_journal_appends_no_messages(database_url: str) -> None:
     run_on(database_url, body)
 
 
+def test_a_stale_journal_committed_beside_the_holders_own_is_still_refused(
+    database_url: str,
+) -> None:
+    """One writer, two epochs of one session in its queue (the old holder's journal stuck
+    while the session went elsewhere and came back): they never share a commit, where only
+    the newer epoch's check would be made."""
+
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, run, kept = await session_with_a_turn(a, version)  # a holds epoch 1
+        await asyncio.sleep(LEASE * 2.5)
+        claim = await b.leases.claim_session(ORG, session.id)
+        assert claim.epoch == 2 and claim.session is not None
+        await b.runs.record(Journal(session=claim.session, epoch=2, release=True))
+        again = await a.leases.claim_session(ORG, session.id)
+        assert again.epoch == 3 and again.session is not None
+        stale = messages_of(session, run, "stale question", "stale answer")
+        outcomes = await asyncio.gather(
+            a.runs.record(Journal(session=session, epoch=1, runs=[run], new_messages=stale)),
+            a.runs.record(Journal(session=again.session, epoch=3)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], LeaseLost) and outcomes[1] is None
+        found = await b.runs.session_messages(session.id)
+        assert [m.id for m in found] == [m.id for m in kept]
+        held = again.session
+        following = messages_of(held, run, "next question", "next answer")
+        await a.runs.record(Journal(session=held, epoch=3, runs=[run], new_messages=following))
+        found = await b.runs.session_messages(session.id)
+        assert [m.id for m in found] == [m.id for m in kept + following]
+
+    run_on(database_url, body)
+
+
 def test_deleting_a_flow_deletes_its_sessions_messages(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         version = await a_version(a)

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,9 +33,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
-from flowsvc.domain.runs import Journal, RunEvent, RunStatus, Session
+from flowsvc.domain.runs import Journal, RunStatus
 from flowsvc.store.database import Database, now_ms_sql
-from flowsvc.store.run_codec import event_row, message_row, run_row, session_row, step_row
+from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
     RunEventRow,
@@ -54,7 +53,6 @@ steps = SessionStepRow.__table__  # type: ignore[attr-defined]
 events = RunEventRow.__table__  # type: ignore[attr-defined]
 messages = SessionMessageRow.__table__  # type: ignore[attr-defined]
 
-MAX_JOURNALS_PER_COMMIT = 256
 _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
 # Columns a journal never overwrites: the seq counter is the database's, the lease columns
 # belong to claims and releases, a cancel request to whoever asked, a request's identity
@@ -71,53 +69,6 @@ _NOT_UPDATED = {
 
 class _Fenced(Exception):
     """Inside a batch: some session update found another epoch."""
-
-
-@dataclass
-class _Rows:
-    """A journal turned into row values at the moment it was recorded."""
-
-    inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    events: list[tuple[RunEvent, dict[str, Any]]] = field(default_factory=list)
-    release: tuple[str, int] | None = None
-    session: Session | None = None
-    deleted_steps: list[str] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, journal: Journal, owner_id: str) -> _Rows:
-        session_rows: list[dict[str, Any]] = []
-        if journal.session is not None and not journal.release and (
-            journal.session_is_new or journal.epoch
-        ):
-            row = session_row(journal.session)
-            row["lease_epoch"] = journal.epoch
-            if journal.session_is_new:
-                row["owner_id"] = owner_id
-            session_rows.append(row)
-        new = journal.session_is_new
-        return cls(
-            inserts={
-                "sessions": session_rows if new else [],
-                "runs": [run_row(r) for r in journal.new_runs],
-                "steps": [step_row(s) for s in journal.new_steps],
-            },
-            updates={
-                "sessions": [] if new else session_rows,
-                "runs": [run_row(r) for r in journal.runs],
-                "steps": [step_row(s) for s in journal.steps],
-            },
-            events=[(e, event_row(e)) for e in journal.events],
-            release=(journal.session.id, journal.epoch)
-            if journal.release and journal.session is not None
-            else None,
-            session=journal.session,
-            deleted_steps=list(journal.deleted_steps),
-            messages=[message_row(journal.session.id, m) for m in journal.new_messages]
-            if journal.session is not None
-            else [],
-        )
 
 
 class _Statement:
@@ -207,33 +158,11 @@ def _statements(
     return inserts, updates
 
 
-def _merge(
-    batch: Sequence[_Rows],
-) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Last state of each row wins; a row inserted in this batch is inserted in its last state."""
-    inserts: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
-    updates: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
-    for rows in batch:
-        for name, values in rows.inserts.items():
-            for row in values:
-                inserts[name][row["id"]] = row
-        for name, values in rows.updates.items():
-            for row in values:
-                inserted = inserts[name].get(row["id"])
-                if inserted is not None:
-                    # Inserted in its latest state, keeping what only an insert carries (the
-                    # new session's owner).
-                    inserts[name][row["id"]] = {**inserted, **row}
-                else:
-                    updates[name][row["id"]] = row
-    return inserts, updates
-
-
 class JournalWriter:
     def __init__(self, db: Database, owner_id: str, lease_seconds: float) -> None:
         self.db = db
         self.owner_id = owner_id
-        self._pending: list[tuple[_Rows, asyncio.Future[None]]] = []
+        self._pending: list[tuple[JournalRows, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         dialect = db.batch_writer.dialect
@@ -279,7 +208,7 @@ class JournalWriter:
 
     def record(self, journal: Journal) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((_Rows.of(journal, self.owner_id), future))
+        self._pending.append((JournalRows.of(journal, self.owner_id), future))
         self._wake.set()
         if self._writer is None:
             self.start()
@@ -296,8 +225,8 @@ class JournalWriter:
 
     async def _write_pending(self) -> None:
         while self._pending:
-            batch = self._pending[:MAX_JOURNALS_PER_COMMIT]
-            del self._pending[:MAX_JOURNALS_PER_COMMIT]
+            batch = next_batch(self._pending)
+            del self._pending[: len(batch)]
             try:
                 await self._commit([rows for rows, _ in batch])
             except Exception as exc:
@@ -312,9 +241,10 @@ class JournalWriter:
                             continue  # its awaiter went away; the outcome is the row's
                         if isinstance(one, _Fenced):
                             future.set_exception(LeaseLost("the session's lease was lost"))
-                        elif isinstance(one, IntegrityError):
-                            # Only request ids are unique beyond the keys the writer
-                            # allocates itself: another request committed this one's id.
+                        elif isinstance(one, IntegrityError) and "request" in str(one.orig):
+                            # A uq_*_request constraint (its name, or on SQLite its
+                            # request_id column): another request committed this one's id.
+                            # Any other key taken is a plain error, never a retry.
                             future.set_exception(RequestIdTaken(str(one.orig)))
                         else:
                             future.set_exception(one)
@@ -322,8 +252,8 @@ class JournalWriter:
                 if not future.done():
                     future.set_result(None)
 
-    async def _commit(self, batch: Sequence[_Rows]) -> None:
-        inserts, updates = _merge(batch)
+    async def _commit(self, batch: Sequence[JournalRows]) -> None:
+        inserts, updates = merge_rows(batch)
         new_events = [pair for rows in batch for pair in rows.events]
         releases = [rows.release for rows in batch if rows.release is not None]
         deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]

@@ -1,0 +1,102 @@
+"""A journal as the row values the writer commits, and which journals commit together.
+
+Rows are encoded when a journal is recorded (the engine may go on changing its records);
+a batch merges them so that each row is written once, in its last state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowsvc.domain.runs import Journal, RunEvent, Session
+from flowsvc.store.run_codec import event_row, message_row, run_row, session_row, step_row
+
+MAX_JOURNALS_PER_COMMIT = 256
+_TABLES = ("sessions", "runs", "steps")
+
+
+@dataclass
+class JournalRows:
+    """A journal turned into row values at the moment it was recorded."""
+
+    inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: list[tuple[RunEvent, dict[str, Any]]] = field(default_factory=list)
+    release: tuple[str, int] | None = None
+    session: Session | None = None
+    deleted_steps: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, journal: Journal, owner_id: str) -> JournalRows:
+        session_rows: list[dict[str, Any]] = []
+        if journal.session is not None and not journal.release and (
+            journal.session_is_new or journal.epoch
+        ):
+            row = session_row(journal.session)
+            row["lease_epoch"] = journal.epoch
+            if journal.session_is_new:
+                row["owner_id"] = owner_id
+            session_rows.append(row)
+        new = journal.session_is_new
+        return cls(
+            inserts={
+                "sessions": session_rows if new else [],
+                "runs": [run_row(r) for r in journal.new_runs],
+                "steps": [step_row(s) for s in journal.new_steps],
+            },
+            updates={
+                "sessions": [] if new else session_rows,
+                "runs": [run_row(r) for r in journal.runs],
+                "steps": [step_row(s) for s in journal.steps],
+            },
+            events=[(e, event_row(e)) for e in journal.events],
+            release=(journal.session.id, journal.epoch)
+            if journal.release and journal.session is not None
+            else None,
+            session=journal.session,
+            deleted_steps=list(journal.deleted_steps),
+            messages=[message_row(journal.session.id, m) for m in journal.new_messages]
+            if journal.session is not None
+            else [],
+        )
+
+
+def merge_rows(
+    batch: Sequence[JournalRows],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Last state of each row wins; a row inserted in this batch is inserted in its last state."""
+    inserts: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    updates: dict[str, dict[str, Any]] = {name: {} for name in _TABLES}
+    for rows in batch:
+        for name, values in rows.inserts.items():
+            for row in values:
+                inserts[name][row["id"]] = row
+        for name, values in rows.updates.items():
+            for row in values:
+                inserted = inserts[name].get(row["id"])
+                if inserted is not None:
+                    # Inserted in its latest state, keeping what only an insert carries (the
+                    # new session's owner).
+                    inserts[name][row["id"]] = {**inserted, **row}
+                else:
+                    updates[name][row["id"]] = row
+    return inserts, updates
+
+
+def next_batch(
+    pending: Sequence[tuple[JournalRows, asyncio.Future[None]]],
+) -> Sequence[tuple[JournalRows, asyncio.Future[None]]]:
+    """The journals to commit together next, in order: at most MAX_JOURNALS_PER_COMMIT, and
+    never two lease epochs of one session. The session's update is fenced once, in its last
+    state (merge_rows): a stale holder's journal riding along with the new holder's would pass
+    the check and write its steps and messages."""
+    epochs: dict[str, int] = {}
+    for taken, (rows, _) in enumerate(pending[:MAX_JOURNALS_PER_COMMIT]):
+        for row in (*rows.inserts.get("sessions", ()), *rows.updates.get("sessions", ())):
+            if epochs.setdefault(row["id"], row["lease_epoch"]) != row["lease_epoch"]:
+                return pending[: max(taken, 1)]
+    return pending[:MAX_JOURNALS_PER_COMMIT]

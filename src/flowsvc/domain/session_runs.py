@@ -172,9 +172,15 @@ class SessionRuns(RunStopping):
         if not self._engine.idle_here(state):
             return None
         stored = self._leases.shared
-        if stored:
+        # Claimed just now (not kept here since a run of its own): runs the database holds
+        # for it (queued, or left running by a stopped process) go first, in order.
+        claimed_now = state.last_used == 0.0
+        if stored or claimed_now:
             if await self._leases.active_runs(state.session.id):
                 return None
+            if not stored and not self._engine.idle_here(state):
+                return None
+        if stored:
             await self._runs.record(Journal(new_runs=[run]))
             if not self._engine.idle_here(state):
                 await self._engine.schedule(run.organisation_id, run.session_id)

@@ -239,5 +239,12 @@ def test_sessions_fork_runs_again_from_a_named_step(deployment: Deployment) -> N
     assert shown["inputs"] == {"topic": "moons"}
     assert flowsvc(deployment, "answer", new, "How many?").returncode == 0
 
+    # Numbers are typed (the model's properties are): no `:=` needed for them.
+    tuned = flowsvc(
+        deployment, "sessions", "fork", session, "answer",
+        "--override", "answer.temperature=0.2", "--override", "answer.max_tokens=50",
+    )  # fmt: skip
+    assert tuned.returncode == 0, tuned.stderr
+
     missing = flowsvc(deployment, "sessions", "fork", session, "nope")
     assert missing.returncode == 2 and "no step named 'nope'" in missing.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import AsyncGenerator
@@ -50,6 +51,22 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
             raise Failure(USAGE, f"--input {pair!r}: use key=value (or key:=JSON)")
         body[key] = value
     return body
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`step.property=value` as --input, except that a number or true/false is typed: the
+    overridable properties besides the model are numbers (temperature, max_tokens)."""
+    override: dict[str, Any] = {}
+    for pair in pairs:
+        parsed = parse_inputs([pair])
+        if ":=" not in pair:
+            for key, value in parsed.items():
+                with contextlib.suppress(json.JSONDecodeError):
+                    decoded = json.loads(value, parse_constant=str)  # NaN stays text
+                    if isinstance(decoded, int | float | bool):
+                        parsed[key] = decoded
+        override.update(parsed)
+    return override
 
 
 async def drive(
@@ -237,7 +254,11 @@ def fork(
     ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--override", help="step.property=value (or :=JSON), e.g. draft.model=x"),
+        typer.Option(
+            "--override",
+            help="step.property=value (numbers and true/false typed; :=JSON for any value), "
+            "e.g. draft.model=x final.temperature=0.2",
+        ),
     ] = None,
     version: Annotated[int, typer.Option(help="run this version (default: the step's)")] = 0,
     server: Server = None,
@@ -261,7 +282,7 @@ def fork(
                 step_id=step_id,
                 inputs=parse_inputs(inputs or []),
                 variables=parse_inputs(variables or []),
-                override=parse_inputs(overrides or []),
+                override=parse_overrides(overrides or []),
                 version=version,
             )
             if out is Output.text:

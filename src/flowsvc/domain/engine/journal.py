@@ -115,6 +115,9 @@ class EngineCore:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._task_runs: dict[str, FlowRun] = {}
         self._cancel_requested: set[str] = set()
+        # Run tasks that have begun: a task cancelled before its first step would never run
+        # a line (nothing recorded), so such a task is only flagged (_cancel_task).
+        self._begun: set[str] = set()
         # Runs whose session another replica took over: they stop without writing more.
         self._abandoned: set[str] = set()
         self._graphs: dict[str, GraphIndex] = {}
@@ -137,6 +140,13 @@ class EngineCore:
 
     def _release(self, state: SessionState) -> None:
         self.sessions.release(state)
+
+    def _cancel_task(self, run_id: str, task: asyncio.Task[None]) -> None:
+        """Cancel a local run as CancelFlowRun does: it records RUN_CANCELLED, also when it
+        had not begun (it then sees the request as its first act)."""
+        self._cancel_requested.add(run_id)
+        if run_id in self._begun:
+            task.cancel()
 
     def _abandon(self, state: SessionState) -> None:
         """Another replica took the session over: its local runs stop, writing nothing."""

@@ -102,6 +102,7 @@ class Engine(SessionOperations, StepExecution):
                 del self._tasks[run.id]
                 self._task_runs.pop(run.id, None)
             self._cancel_requested.discard(run.id)
+            self._begun.discard(run.id)
             self._release(state)
             first = ctx.first_commit
             if first is not None and not first.done():
@@ -169,8 +170,7 @@ class Engine(SessionOperations, StepExecution):
         for run_id in await self._leases.cancel_requests():
             task = self._tasks.get(run_id)
             if task is not None and run_id not in self._cancel_requested:
-                self._cancel_requested.add(run_id)
-                task.cancel()
+                self._cancel_task(run_id, task)
 
     async def stop(self) -> None:
         """Shutdown: cut run tasks without journaling; they resume on the next start."""
@@ -192,6 +192,10 @@ class Engine(SessionOperations, StepExecution):
 
     async def _drive_in_span(self, ctx: RunContext) -> None:
         state, run = ctx.state, ctx.run
+        self._begun.add(run.id)
+        if run.id in self._cancel_requested:  # cancelled before it began
+            await self._record_cancel(ctx, touch_session=False)
+            return
         try:
             await state.lock.acquire()
         except asyncio.CancelledError:

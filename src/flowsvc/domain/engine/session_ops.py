@@ -106,8 +106,7 @@ class SessionOperations(EngineCore):
         """Stop the run; returns once RUN_CANCELLED is committed."""
         task = self._tasks.get(run_id)
         if task is not None:
-            self._cancel_requested.add(run_id)
-            task.cancel()
+            self._cancel_task(run_id, task)
             await asyncio.wait([task])
             return
         async with state.lock:

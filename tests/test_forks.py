@@ -272,6 +272,8 @@ def test_fork_errors(forks: Forks) -> None:
     assert "step_id" in invalid(lambda: fork(forks, source, ""))
     assert "session_id" in invalid(lambda: forks.client.sessions.ForkSession(
         ss.ForkSessionRequest(step_id=step_id)))
+    both = invalid(lambda: forks.client.sessions.ForkSession(ss.ForkSessionRequest()))
+    assert {"session_id", "step_id"} <= set(both)  # every missing id at once
     assert "version" in invalid(lambda: fork(forks, source, step_id, version=-1))
     assert "override['nope.model']" in invalid(
         lambda: fork(forks, source, step_id, override=struct(**{"nope.model": "x"})))

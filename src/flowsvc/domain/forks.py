@@ -209,9 +209,12 @@ class SessionForks:
         self._limits = limits
 
     async def fork(self, org: str, request: ForkRequest) -> SessionView:
-        require_id("session_id", request.session_id, "session")
-        require_id("step_id", request.step_id, "session step")
-        problems = (
+        problems = [
+            FieldViolation(name, "required")
+            for name, value in (("session_id", request.session_id), ("step_id", request.step_id))
+            if not value
+        ]  # every missing id named at once
+        problems += (
             check_json_size(request.inputs, "inputs", self._limits)
             + check_json_size(request.variables, "variables", self._limits)
             + check_json_size(request.override, "override", self._limits)
@@ -224,6 +227,8 @@ class SessionForks:
             )
         if problems:
             raise InvalidArgument(problems)
+        require_id("session_id", request.session_id, "session")
+        require_id("step_id", request.step_id, "session step")
         digest = request_digest(
             "ForkSession",
             request.session_id,
@@ -285,7 +290,7 @@ class SessionForks:
             org, flow.id, session.id, version, body, RunOptions(override=override), ""
         )
         history = copy_history(steps, forked, runs, source.messages or [], session.id, fork_run.id)
-        self._flow_runs.check_message_room(source.id, len(history.messages))
+        self._flow_runs.check_message_room(source.id, len(history.messages), fork=True)
         session.messages = history.messages
         session.message_count = len(history.messages)
         session.cost, session.costs = history.cost, history.costs

@@ -152,12 +152,18 @@ class SessionRuns(RunStopping):
         self.check_message_room(session.id, session.message_count)
         return session
 
-    def check_message_room(self, session_id: str, messages: int) -> None:
-        """A session holding `messages` must have room for the 2 a run adds."""
+    def check_message_room(self, session_id: str, messages: int, *, fork: bool = False) -> None:
+        """A session holding `messages` must have room for the 2 a run adds (a fork: the
+        messages it would copy from `session_id`)."""
         if messages + 2 > self._limits.max_messages_per_session:
+            holds = (
+                f"a fork of the session would start with {messages} of its messages"
+                if fork
+                else f"the session holds {messages} messages"
+            )
             raise ResourceExhausted(
-                f"the session holds {messages} messages; a run adds 2 and the "
-                f"limit is {self._limits.max_messages_per_session} (max_messages_per_session)",
+                f"{holds}; a run adds 2 and the limit is "
+                f"{self._limits.max_messages_per_session} (max_messages_per_session)",
                 subject=f"sessions/{session_id}",
                 limit="max_messages_per_session",
             )

@@ -130,6 +130,8 @@ def test_run_json_and_failed_calls_exit_codes(deployment: Deployment) -> None:
     assert missing_input.returncode == 2
     assert missing_input.stderr.startswith("flowsvc: INVALID_ARGUMENT: ")
     assert "question" in missing_input.stderr
+    # Its one violation is the message itself: said once.
+    assert len(missing_input.stderr.strip().splitlines()) == 1, missing_input.stderr
     unknown = flowsvc(deployment, "run", "no-such-flow")
     assert unknown.returncode == 4 and "no flow named 'no-such-flow'" in unknown.stderr
     bad_pair = flowsvc(deployment, "run", "support-answer", "-i", "question")

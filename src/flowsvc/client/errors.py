@@ -63,15 +63,16 @@ class FlowsvcError(Exception):
 
     def lines(self) -> list[str]:
         """The error as a person reads it: `CODE: message`, then one line per detail."""
-        out = [f"{self.code.name}: {self.message}"]
-        for v in self.field_violations:
-            out.append(f"  {v.field or '(request)'}: {v.description}")
+        said = [f"{v.field or '(request)'}: {v.description}" for v in self.field_violations]
         for d in self.details:
             if isinstance(d, error_details_pb2.PreconditionFailure):
-                out += [f"  {p.subject or p.type}: {p.description}" for p in d.violations]
+                said += [f"{p.subject or p.type}: {p.description}" for p in d.violations]
             elif isinstance(d, error_details_pb2.QuotaFailure):
-                out += [f"  {q.subject}: {q.description}" for q in d.violations]
-        return out
+                said += [f"{q.subject}: {q.description}" for q in d.violations]
+        # A single detail is often the message itself: say it once.
+        return [f"{self.code.name}: {self.message}"] + [
+            f"  {line}" for line in said if line != self.message
+        ]
 
     def __str__(self) -> str:
         return "\n".join(self.lines())

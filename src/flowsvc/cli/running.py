@@ -53,17 +53,28 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     return body
 
 
+# The overridable properties that are not text (the server's OVERRIDABLE): `=value` typed.
+_TYPED_OVERRIDES: dict[str, tuple[type, ...]] = {
+    "temperature": (int, float),
+    "max_tokens": (int,),
+    "include_history": (bool,),
+}
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`step.property=value` as --input, except that a number or true/false is typed: the
-    overridable properties besides the model are numbers (temperature, max_tokens)."""
+    """`step.property=value` as --input, except that the value of a number or true/false
+    property is typed (`final.temperature=0.2`); `:=JSON` gives any value as it is."""
     override: dict[str, Any] = {}
     for pair in pairs:
         parsed = parse_inputs([pair])
         if ":=" not in pair:
             for key, value in parsed.items():
+                typed = _TYPED_OVERRIDES.get(key.rpartition(".")[2])
+                if typed is None:
+                    continue
                 with contextlib.suppress(json.JSONDecodeError):
                     decoded = json.loads(value, parse_constant=str)  # NaN stays text
-                    if isinstance(decoded, int | float | bool):
+                    if isinstance(decoded, typed) and (bool in typed) == isinstance(decoded, bool):
                         parsed[key] = decoded
         override.update(parsed)
     return override

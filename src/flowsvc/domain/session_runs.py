@@ -178,14 +178,15 @@ class SessionRuns(RunStopping):
         if not self._engine.idle_here(state):
             return None
         stored = self._leases.shared
-        # Claimed just now (not kept here since a run of its own): runs the database holds
-        # for it (queued, or left running by a stopped process) go first, in order.
-        claimed_now = state.last_used == 0.0
-        if stored or claimed_now:
+        # Claimed without knowing its runs (not made or scheduled here): runs the database
+        # holds for it (queued, or left running by a stopped process) go first, in order.
+        if stored or not state.runs_known:
             if await self._leases.active_runs(state.session.id):
                 return None
-            if not stored and not self._engine.idle_here(state):
-                return None
+            if not stored:
+                if not self._engine.idle_here(state):
+                    return None
+                state.runs_known = True
         if stored:
             await self._runs.record(Journal(new_runs=[run]))
             if not self._engine.idle_here(state):

@@ -18,12 +18,22 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from flowsvc.domain.errors import Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def takes_a_request_id(exc: IntegrityError) -> bool:
+    """The row was refused by a request-id constraint (uq_*_request: another request
+    committed that id), not by any other key or check."""
+    constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+    if constraint is not None:  # PostgreSQL names the constraint
+        return str(constraint).startswith("uq_") and str(constraint).endswith("_request")
+    said = str(exc.orig).strip()  # SQLite names the columns
+    return said.startswith("UNIQUE constraint failed:") and said.endswith(".request_id")
 
 
 def _json_text(value: Any) -> str:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal, RunStatus
-from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.database import Database, now_ms_sql, takes_a_request_id
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
@@ -241,10 +241,9 @@ class JournalWriter:
                             continue  # its awaiter went away; the outcome is the row's
                         if isinstance(one, _Fenced):
                             future.set_exception(LeaseLost("the session's lease was lost"))
-                        elif isinstance(one, IntegrityError) and "request" in str(one.orig):
-                            # A uq_*_request constraint (its name, or on SQLite its
-                            # request_id column): another request committed this one's id.
-                            # Any other key taken is a plain error, never a retry.
+                        elif isinstance(one, IntegrityError) and takes_a_request_id(one):
+                            # Another request committed this one's id. Any other key or
+                            # check refusing a row is a plain error, never a retry.
                             future.set_exception(RequestIdTaken(str(one.orig)))
                         else:
                             future.set_exception(one)

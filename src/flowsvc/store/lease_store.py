@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import RequestIdTaken
 from flowsvc.domain.ports import SessionClaim
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.database import Database, now_ms_sql, takes_a_request_id
 from flowsvc.store.run_codec import run_from, run_row, session_from
 from flowsvc.store.tables import FlowRunRow, SessionRow
 
@@ -165,6 +165,8 @@ class SqlLeases:
             try:
                 await conn.execute(runs.insert().values(run_row(run)))
             except IntegrityError as exc:
+                if not takes_a_request_id(exc):
+                    raise
                 raise RequestIdTaken(run.request_id) from exc
         return True
 

@@ -141,14 +141,17 @@ class Engine(SessionOperations, StepExecution):
         """
         try:
             async with self.session_state(org, session_id) as state:
+                launched_all = True
                 for run in await self._leases.active_runs(session_id):
                     if run.id in self._tasks:
                         continue
                     try:
                         version = await self._version_of(run)
                     except NotFound:
+                        launched_all = False
                         continue  # its flow is being deleted
                     self._launch(self._context(state, run, version))
+                state.runs_known = launched_all
         except HeldElsewhere:
             return False
         except NotFound:
@@ -193,7 +196,8 @@ class Engine(SessionOperations, StepExecution):
     async def _drive_in_span(self, ctx: RunContext) -> None:
         state, run = ctx.state, ctx.run
         self._begun.add(run.id)
-        if run.id in self._cancel_requested:  # cancelled before it began
+        if run.id in self._cancel_requested and run.status is RunStatus.QUEUED:
+            # Cancelled before it began and never went: the session is not its to touch.
             await self._record_cancel(ctx, touch_session=False)
             return
         try:
@@ -208,7 +212,9 @@ class Engine(SessionOperations, StepExecution):
                 return
             if not ctx.due and not await self._still_due(run):
                 return  # run (or cancelled) meanwhile: a second launch of it changes nothing
-            if run.cancel_requested:  # asked elsewhere before it got its turn here
+            if run.cancel_requested or run.id in self._cancel_requested:
+                # Asked elsewhere before it got its turn here, or here before its task began
+                # (a run that went on before: answered, resumed): its current step too.
                 await self._load_progress(ctx)
                 ctx.current = run.steps[-1] if run.steps else None
                 await self._record_cancel(ctx)

@@ -45,6 +45,9 @@ class SessionState:
     stored: bool = True
     # When its last user let it go (loop time): it is kept keep_seconds after that.
     last_used: float = 0.0
+    # Every run the database holds for the session is known here (running here, or none):
+    # a new run may start at once without asking the database what goes first.
+    runs_known: bool = False
 
 
 class SessionRegistry:
@@ -109,7 +112,7 @@ class SessionRegistry:
 
     def adopt(self, session: Session) -> SessionState:
         """A session this replica just made: leased to it from its first write (epoch 1)."""
-        state = SessionState(session, 1, stored=False)
+        state = SessionState(session, 1, stored=False, runs_known=True)
         self.states[session.id] = state
         return state
 

@@ -9,7 +9,8 @@ so no multiprocess mode is needed): scrape every replica.
 The families updated on every call, run and step are lean (`LeanCounter`, `LeanHistogram`):
 a labelled series is a plain list, found once per label tuple and cached; an update is an
 addition to it, with no lock; prometheus-client renders them at scrape time. Each lean family
-is updated from one thread only (the event loop; the commit metrics from the writer thread),
+is updated from one thread only (the event loop, the commit metrics included: the writer
+reports a batch once its commit is awaited),
 so no update is lost; a scrape reads a series between two updates, never in the middle of one.
 """
 

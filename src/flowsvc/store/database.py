@@ -90,6 +90,11 @@ def now_ms_sql(dialect_name: str) -> str:
     return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
 
 
+def driver_placeholder(dialect_name: str) -> str:
+    """The bind marker of raw driver SQL: sqlite3's qmark, psycopg's format style."""
+    return "?" if dialect_name == "sqlite" else "%s"
+
+
 def _run_migrations(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Held to the end of the migration's transaction; a replica that waited finds the

@@ -34,7 +34,12 @@ from sqlalchemy.exc import IntegrityError
 
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal, RunStatus
-from flowsvc.store.database import Database, now_ms_sql, takes_a_request_id
+from flowsvc.store.database import (
+    Database,
+    driver_placeholder,
+    now_ms_sql,
+    takes_a_request_id,
+)
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
@@ -167,11 +172,11 @@ class JournalWriter:
         self._writer: asyncio.Task[None] | None = None
         dialect = db.batch_writer.dialect
         self._insert_sql, self._update_sql = _statements(dialect, lease_seconds)
+        self._placeholder = p = driver_placeholder(dialect.name)
         self._release_sql = (
-            "UPDATE sessions SET owner_id = NULL, lease_expires_ms = 0 "
-            "WHERE id = {p} AND lease_epoch = {p}"
-        ).format(p="?" if dialect.name == "sqlite" else "%s")
-        self._placeholder = "?" if dialect.name == "sqlite" else "%s"
+            f"UPDATE sessions SET owner_id = NULL, lease_expires_ms = 0 "
+            f"WHERE id = {p} AND lease_epoch = {p}"
+        )
         self.commits = 0  # group commits done; read by benchmarks
         # Called with the ids of sessions committed to, after each commit (event feeds),
         # and with sessions released while runs were queued on them (the engine claims them).

@@ -26,7 +26,7 @@ from flowsvc.domain.webhooks import (
     Webhook,
     WebhookDelivery,
 )
-from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.database import Database, driver_placeholder, now_ms_sql
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import (
     OrgWebhookSecretRow,
@@ -53,7 +53,7 @@ class Outbox:
     def __init__(self, dialect: Any) -> None:
         # Set when a commit wrote deliveries: the delivery worker is woken for those only.
         self.wrote = False
-        p = "?" if dialect.name == "sqlite" else "%s"
+        p = driver_placeholder(dialect.name)
         self._created = UTCDateTime().fast_bind_processor(dialect)
         self._matching = (
             f"INSERT INTO webhook_deliveries ({_COLUMNS}) "

@@ -66,6 +66,10 @@ _SESSION_MESSAGES = (
     .order_by(messages.c.position)
 )
 _RUN_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
+# The run a request id made in an organisation (params: org, request_id).
+RUN_ID_BY_REQUEST = select(runs.c.id).where(
+    runs.c.organisation_id == bindparam("org"), runs.c.request_id == bindparam("request_id")
+)
 
 
 class SqlRunStore:
@@ -204,13 +208,8 @@ class SqlRunStore:
 
     async def run_by_request(self, org: str, request_id: str) -> FlowRun | None:
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(runs.c.id).where(
-                        runs.c.organisation_id == org, runs.c.request_id == request_id
-                    )
-                )
-            ).first()
+            params = {"org": org, "request_id": request_id}
+            row = (await conn.execute(RUN_ID_BY_REQUEST, params)).first()
         return None if row is None else await self.get_run(org, row.id)
 
     async def list_runs(

@@ -14,6 +14,7 @@ from flowsvc.domain.run_requests import RunOptions
 from flowsvc.domain.runs import RunStatus
 from flowsvc.domain.schedules import CatchUp, Overlap, Schedule
 from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.run_store import RUN_ID_BY_REQUEST
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import FlowRunRow, ScheduleRow, UTCDateTime
 
@@ -196,11 +197,6 @@ class SqlScheduleStore:
 
     async def run_exists(self, org: str, request_id: str) -> bool:
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(runs.c.id).where(
-                        runs.c.organisation_id == org, runs.c.request_id == request_id
-                    )
-                )
-            ).first()
+            params = {"org": org, "request_id": request_id}
+            row = (await conn.execute(RUN_ID_BY_REQUEST, params)).first()
         return row is not None

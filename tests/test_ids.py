@@ -33,3 +33,9 @@ def test_a_forked_child_makes_ids_its_parent_does_not() -> None:
     parent = {new_id() for _ in range(50)}
     assert len(child) == 50
     assert not child & parent
+
+
+def test_ids_are_written_in_the_canonical_uuid_form() -> None:
+    for _ in range(1000):
+        made = new_id()
+        assert str(uuid.UUID(made)) == made  # lower-case hex, hyphens at 8-4-4-4-12

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from datetime import UTC, datetime
 
 from flowsvc.domain.errors import InvalidArgument, NotFound
@@ -32,12 +31,15 @@ def new_id() -> str:
     global _random
     if len(_random) < 10:
         _random = bytearray(os.urandom(4096))
-    rand = int.from_bytes(_random[:10])
-    del _random[:10]
+    rand = int.from_bytes(_random[-10:])
+    del _random[-10:]  # from the end: nothing moves
     millis = time.time_ns() // 1_000_000
     value = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
     value |= 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF
-    return str(uuid.UUID(int=value))
+    # The canonical text of uuid.UUID(int=value), formatted directly (a third of the cost:
+    # a run makes a dozen ids).
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now() -> datetime:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from flowsvc.domain.errors import Unavailable
+from flowsvc.store.threaded_reads import Reader, ThreadedRead
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -139,17 +140,7 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.writer = create_async_engine(url, pool_size=1, max_overflow=0, **JSON_OPTIONS)
-            # A fixed pool: opening a connection costs a thread and a file open, so callers
-            # queue for one rather than open extras under load.
-            self.reader = create_async_engine(
-                url,
-                pool_size=read_pool_size,
-                max_overflow=0,
-                pool_reset_on_return=None,
-                **JSON_OPTIONS,
-            )
             _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
-            _sqlite_pragmas(self.reader, sqlite_synchronous, immediate=False)
         else:
             self.writer = create_async_engine(
                 url,
@@ -160,7 +151,7 @@ class Database:
                 **JSON_OPTIONS,
             )
             # Reads are single statements: in autocommit they cost no BEGIN and no ROLLBACK.
-            self.reader = create_async_engine(
+            self.reader: AsyncEngine | None = create_async_engine(
                 url,
                 pool_size=read_pool_size,
                 max_overflow=4,
@@ -179,6 +170,27 @@ class Database:
         self._sqlite_synchronous = sqlite_synchronous
         self.batch_writer: Engine = self.sync_engine()
         self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsvc-writer")
+        # SQLite reads run on threads of their own, a fixed pool of blocking connections
+        # (threaded_reads.py): callers queue for one rather than open extras under load.
+        self._sync_reader: Engine | None = None
+        self._read_threads: ThreadPoolExecutor | None = None
+        self._read_slots: asyncio.Semaphore | None = None
+        if self.is_sqlite:
+            self.reader = None
+            self._sync_reader = create_engine(
+                self.sync_url,
+                pool_size=read_pool_size,
+                max_overflow=0,
+                pool_reset_on_return=None,
+                # Opened on one reader thread, used by the next, given back on the loop.
+                connect_args={"check_same_thread": False},
+                **JSON_OPTIONS,
+            )
+            _sqlite_pragmas(self._sync_reader, sqlite_synchronous, immediate=False)
+            self._read_threads = ThreadPoolExecutor(
+                max_workers=read_pool_size, thread_name_prefix="flowsvc-reader"
+            )
+            self._read_slots = asyncio.Semaphore(read_pool_size)
 
     def sync_engine(self) -> Engine:
         """A blocking engine of one connection, for a thread of its own."""
@@ -231,8 +243,21 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[Reader]:
         with unavailable_when_unreachable():
+            if self._read_threads is not None:
+                assert self._sync_reader is not None and self._read_slots is not None
+                # At most as many reads as connections (and threads): a read that holds a
+                # connection always finds a thread for its next statement, never one blocked
+                # in the pool waiting for a connection.
+                async with self._read_slots:
+                    threaded = ThreadedRead(self._sync_reader, self._read_threads)
+                    try:
+                        yield threaded
+                    finally:
+                        threaded.close()
+                return
+            assert self.reader is not None
             async with self.reader.connect() as conn:
                 yield conn
 
@@ -253,5 +278,8 @@ class Database:
         self._batch_thread.shutdown(wait=True)
         self.batch_writer.dispose()
         await self.writer.dispose()
-        if self.reader is not self.writer:
+        if self.reader is not None:
             await self.reader.dispose()
+        if self._read_threads is not None and self._sync_reader is not None:
+            self._read_threads.shutdown(wait=True)
+            self._sync_reader.dispose()

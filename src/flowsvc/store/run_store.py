@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
 from flowsvc.domain.model import Step
@@ -42,6 +41,7 @@ from flowsvc.store.tables import (
     SessionRow,
     SessionStepRow,
 )
+from flowsvc.store.threaded_reads import Reader
 
 log = logging.getLogger("flowsvc.store")
 
@@ -83,7 +83,7 @@ class SqlRunStore:
 
     # -- reading -----------------------------------------------------------------------
 
-    async def _step_lookup(self, version_ids: set[str], conn: AsyncConnection | None = None) -> Any:
+    async def _step_lookup(self, version_ids: set[str], conn: Reader | None = None) -> Any:
         loaded = await self._flows.load_versions(version_ids, conn)
         index = {(vid, s.id): s for vid, version in loaded.items() for s in version.graph.steps}
 
@@ -93,7 +93,7 @@ class SqlRunStore:
         return lookup
 
     async def _steps(
-        self, conn: AsyncConnection, query: Select[Any], params: dict[str, Any] | None = None
+        self, conn: Reader, query: Select[Any], params: dict[str, Any] | None = None
     ) -> list[SessionStep]:
         rows = (await conn.execute(query, params or {})).all()
         lookup = await self._step_lookup({r.flow_version_id for r in rows}, conn)
@@ -101,7 +101,7 @@ class SqlRunStore:
 
     @staticmethod
     async def _messages_of(
-        conn: AsyncConnection, session_ids: list[str]
+        conn: Reader, session_ids: list[str]
     ) -> dict[str, list[Message]]:
         """The conversations of these sessions, oldest message first."""
         if len(session_ids) == 1:

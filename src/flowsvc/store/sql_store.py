@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
 from flowsvc.domain.model import ApiKey, FlowVersion, LiveFlow
@@ -29,6 +28,7 @@ from flowsvc.store.tables import (
     SessionRow,
     SessionStepRow,
 )
+from flowsvc.store.threaded_reads import Reader
 
 FLOW_CACHE_SECONDS = 1.0
 FLOW_CACHE_ENTRIES = 10_000
@@ -156,7 +156,7 @@ class SqlStore:
             return None if row is None else (await self._with_versions(conn, [row]))[0]
 
     async def _with_versions(
-        self, conn: AsyncConnection, rows: Sequence[Row[Any]]
+        self, conn: Reader, rows: Sequence[Row[Any]]
     ) -> list[LiveFlow]:
         wanted = {r.current_version_id for r in rows if r.current_version_id}
         missing = [v for v in wanted if v not in self._versions]
@@ -299,7 +299,7 @@ class SqlStore:
         return found
 
     async def load_versions(
-        self, version_ids: set[str], conn: AsyncConnection | None = None
+        self, version_ids: set[str], conn: Reader | None = None
     ) -> dict[str, FlowVersion]:
         """With `conn`, on that connection: a caller holding a pooled connection must not wait
         for a second one (a full pool would wait on itself)."""

@@ -79,6 +79,9 @@ class RunContext:
     copied_runs: list[FlowRun] = field(default_factory=list)
     # Launched by the request that queued it, on a session idle here: it is due, no re-read.
     due: bool = False
+    # The run's steps were read (and changed) under the session's lock by whoever launched it
+    # (an answer to its INPUT step): current, no re-read.
+    steps_known: bool = False
 
 
 class EngineCore:

@@ -234,7 +234,7 @@ class Engine(SessionOperations, StepExecution):
     async def _load_progress(self, ctx: RunContext) -> None:
         """A run that went on before (resumed, or answered) picks up its committed steps."""
         run = ctx.run
-        if run.status is not RunStatus.QUEUED and not ctx.new_run:
+        if run.status is not RunStatus.QUEUED and not ctx.new_run and not ctx.steps_known:
             run.steps = await self._runs.run_steps(run.id)
         # (A new run has no steps, unless a fork gave it its completed prefix.)
         for s in run.steps:

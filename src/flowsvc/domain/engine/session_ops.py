@@ -63,6 +63,7 @@ class SessionOperations(EngineCore):
             waiting.updated_at = now
             run.status = RunStatus.RUNNING
             run.updated_at = now
+            run.steps = [waiting if s.id == waiting.id else s for s in run.steps]
             session.status = SessionStatus.RUNNING
             session.updated_at = now
             await self._record(
@@ -74,7 +75,12 @@ class SessionOperations(EngineCore):
                     events=[self._event(state, run, EventType.STEP_COMPLETED, step=waiting)],
                 )
             )
-        self._launch(self._context(state, run, version))
+        # Read and answered under the session's lock, committed: the run is due and its steps
+        # are these (its task need not read them again). No other launch can overtake it: a
+        # second answer finds the session running, a schedule skips a run with a task here.
+        ctx = self._context(state, run, version)
+        ctx.due = ctx.steps_known = True
+        self._launch(ctx)
         return run.id
 
     async def _still_due(self, run: FlowRun) -> bool:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
-
-import orjson
 
 from flowsvc.domain.errors import (
     FieldViolation,
@@ -121,14 +119,23 @@ def check_overrides(
     return problems
 
 
+_fast_json: Callable[[Any], bytes] | None
+try:  # a server dependency; the client-only install (CLI, client) measures with json
+    from orjson import dumps as _fast_json
+except ModuleNotFoundError:  # exercised by the client-only test (tests/test_client.py)
+    _fast_json = None
+
+
 def json_size(value: Any) -> int:
     """Bytes of the value as compact UTF-8 JSON. orjson writes the same text several times
     faster (every run's body is measured); what it refuses (integers past 64 bits, non-string
     keys) is measured the slow way."""
-    try:
-        return len(orjson.dumps(value))
-    except TypeError:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if _fast_json is not None:
+        try:
+            return len(_fast_json(value))
+        except TypeError:
+            pass
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def check_json_size(value: Any, field_name: str, limits: Limits) -> list[FieldViolation]:

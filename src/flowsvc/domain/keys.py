@@ -44,6 +44,9 @@ class Keys:
         self._store = store
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._touches: set[asyncio.Task[None]] = set()
+        # By key id, only for keys a caller proved it holds: see _verify.
+        self._verified: dict[str, tuple[bytes, bytes]] = {}
+        self._principals: dict[str, Principal] = {}
 
     async def mint(self, org: str, expires_at: datetime | None = None) -> MintedKey:
         check_org_id(org)
@@ -71,9 +74,7 @@ class Keys:
             raise Unauthenticated("malformed API key")
         key_id, secret = parts[1], parts[2]
         record = await self._lookup(key_id)
-        if record is None or not hmac.compare_digest(
-            _hash(record.salt, secret), record.secret_hash
-        ):
+        if record is None or not self._verify(record, secret):
             raise Unauthenticated("invalid API key")
         stamp = now()
         if record.revoked_at is not None:
@@ -83,7 +84,26 @@ class Keys:
         if requested_org and requested_org != record.organisation_id:
             raise PermissionDenied("current-org-id does not match the API key's organisation")
         self._touch(record, stamp)
-        return Principal(organisation_id=record.organisation_id, key_id=record.id)
+        principal = self._principals.get(record.id)
+        if principal is None or principal.organisation_id != record.organisation_id:
+            principal = Principal(organisation_id=record.organisation_id, key_id=record.id)
+            self._principals[record.id] = principal
+        return principal
+
+    def _verify(self, record: ApiKey, secret: str) -> bool:
+        """Does `secret` hash to the key's hash? Once a secret has, it is kept (in memory, as
+        the client sends it with every call) beside the hash it matched, and the next calls
+        compare with it in constant time rather than hash again: a different secret cannot
+        match that hash. Revocation, expiry and deletion are still read from the record,
+        which is looked up again every CACHE_SECONDS."""
+        presented = secret.encode()
+        verified = self._verified.get(record.id)
+        if verified is not None and verified[0] == record.secret_hash:
+            return hmac.compare_digest(presented, verified[1])
+        if not hmac.compare_digest(_hash(record.salt, secret), record.secret_hash):
+            return False
+        self._verified[record.id] = (record.secret_hash, presented)
+        return True
 
     def _touch(self, record: ApiKey, stamp: datetime) -> None:
         last = record.last_used_at
@@ -108,7 +128,7 @@ class Keys:
         return await self._store.list_keys(org)
 
     async def revoke(self, key_id: str) -> bool:
-        self._cache.pop(key_id, None)
+        self._forget(key_id)
         return await self._store.revoke_key(key_id, now())
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
@@ -118,7 +138,12 @@ class Keys:
             return cached[1]
         record = await self._store.get_key(key_id)
         if record is None:
-            self._cache.pop(key_id, None)
+            self._forget(key_id)
         else:
             self._cache[key_id] = (clock, record)
         return record
+
+    def _forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+        self._verified.pop(key_id, None)
+        self._principals.pop(key_id, None)

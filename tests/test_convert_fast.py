@@ -18,9 +18,11 @@ from flowsvc.api.convert import records as record_convert
 from flowsvc.api.convert import (
     run_options_from_pb,
     run_to_pb,
+    session_step_to_pb,
     step_from_pb,
     step_to_pb,
     struct_to_dict,
+    version_to_pb,
 )
 from flowsvc.domain import model, runs
 from flowsvc.v1 import resources_pb2 as pb
@@ -184,3 +186,60 @@ def test_the_cache_of_eval_options_is_bounded() -> None:
     for n in range(record_convert.EVAL_OPTIONS_KEPT + 10):
         record_convert._eval_options_bytes({"runs": [{"flow_eval_id": f"e{n}"}]})
     assert len(record_convert._EVAL_OPTIONS) <= record_convert.EVAL_OPTIONS_KEPT
+
+
+def _session_step(n: int, step: model.Step) -> runs.SessionStep:
+    return runs.SessionStep(
+        id=f"ss{n}",
+        session_id="s",
+        run_id="r",
+        organisation_id="o",
+        position=n,
+        flow_version_id="version-3",
+        step=step,
+        status=runs.StepStatus.COMPLETED,
+        created_at=AT,
+        updated_at=AT.replace(microsecond=n),
+        prompt="p",
+        result="r",
+        input_tokens=n,
+    )
+
+
+def test_a_runs_steps_are_its_session_steps_with_their_definitions() -> None:
+    steps = [_session_step(n, step) for n, step in enumerate(STEPS)]
+    run = runs.FlowRun(
+        id="r",
+        organisation_id="o",
+        flow_id="f",
+        session_id="s",
+        flow_version_id="version-3",
+        version=1,
+        body={"question": "q"},
+        override={},
+        status=runs.RunStatus.COMPLETE,
+        created_at=AT,
+        updated_at=AT,
+        steps=steps,
+    )
+    for _ in range(2):  # definitions made, then kept
+        listed = run_to_pb(run).ai_message.steps
+        assert len(listed) == len(steps)
+        for got, s in zip(listed, steps, strict=True):
+            assert got == session_step_to_pb(s)
+            assert got.step == step_to_pb(s.step, s.created_at, "version-3")
+            assert (got.id, got.input_tokens, got.step.name) == (s.id, s.input_tokens, s.step.name)
+            assert got.updated_at.ToDatetime(tzinfo=UTC) == s.updated_at
+
+
+def test_a_versions_steps_are_its_definitions_at_its_time() -> None:
+    version = model.FlowVersion(
+        id="version-4",
+        flow_id="f",
+        organisation_id="o",
+        version=4,
+        graph=model.Graph(steps=tuple(STEPS), transitions=()),
+        created_at=AT,
+    )
+    got = version_to_pb(version)
+    assert list(got.steps) == [step_to_pb(s, AT, "elsewhere") for s in STEPS]

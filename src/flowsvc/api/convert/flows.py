@@ -182,11 +182,10 @@ def _definition(step: model.Step) -> pb.Step:
 
 def version_to_pb(version: model.FlowVersion) -> pb.FlowVersion:
     created = timestamp(version.created_at)
-    return pb.FlowVersion(
+    out = pb.FlowVersion(
         id=version.id,
         flow_id=version.flow_id,
         version=version.version,
-        steps=[step_pb_at(s, created, version.id) for s in version.graph.steps],
         step_transitions=[
             pb.StepTransition(
                 id=t.id,
@@ -201,3 +200,9 @@ def version_to_pb(version: model.FlowVersion) -> pb.FlowVersion:
         created_at=created,
         updated_at=created,
     )
+    # Each step built in place (the definition merged in where it lies): as many copies of an
+    # HTTP step's headers map as before, so they go out in the same order (see records).
+    add = out.steps.add
+    for step in version.graph.steps:
+        add(created_at=created, updated_at=created).MergeFrom(definition_pb(step, version.id))
+    return out

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowsvc.api.convert.flows import step_pb_at, timestamp, version_to_pb
+from flowsvc.api.convert.flows import definition_pb, step_pb_at, timestamp, version_to_pb
 from flowsvc.domain import evals, model, runs
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.ids import new_id
@@ -138,34 +139,57 @@ def message_to_pb(
         return None
     out = pb.Message(id=m.id, date=timestamp(m.date), role=m.role, content=m.content)
     if steps:
-        add = out.steps.add  # built in place: no copy of each step into the message
+        add = out.steps.add  # each step built in place: not built, then copied in
         for s in steps:
-            add(**_session_step_fields(s))
+            _session_step(add, s, in_list=True)
     return out
 
 
 def session_step_to_pb(s: runs.SessionStep) -> pb.SessionStep:
-    return pb.SessionStep(**_session_step_fields(s))
+    return _session_step(pb.SessionStep, s)
 
 
-def _session_step_fields(s: runs.SessionStep) -> dict[str, Any]:
+def _session_step(
+    make: Callable[..., pb.SessionStep], s: runs.SessionStep, in_list: bool = False
+) -> pb.SessionStep:
+    """`make` (the message class, or a repeated field's `add`) called with the step's fields;
+    its definition is merged in afterwards, where it lies, rather than built and copied."""
     created = timestamp(s.created_at)
-    return {
-        "id": s.id,
-        "run_id": s.run_id,
-        "status": _STEP_STATUS[s.status],
-        "prompt": s.prompt,
-        "result": s.result,
-        "error": s.error,
-        "user_input": s.user_input,
-        # The definition shows the session step's creation as its times.
-        "step": step_pb_at(s.step, created, s.flow_version_id),
-        "input_tokens": s.input_tokens,
-        "output_tokens": s.output_tokens,
-        "cost": s.cost,
-        "created_at": created,
-        "updated_at": created if s.updated_at == s.created_at else timestamp(s.updated_at),
-    }
+    http = s.step.http
+    # A map's entries go out in the order of its hash table, which each copy can reorder
+    # (protobuf maps have no order to rely on, but the responses stay byte for byte what they
+    # were): in a message's list, a step with several HTTP headers is built and then copied
+    # in, as many copies as before; alone, merging the definition in is as many.
+    copied = (
+        {"step": step_pb_at(s.step, created, s.flow_version_id)}
+        if in_list and http is not None and len(http.headers) > 1
+        else None
+    )
+    out = make(
+        id=s.id,
+        run_id=s.run_id,
+        status=_STEP_STATUS[s.status],
+        prompt=s.prompt,
+        result=s.result,
+        error=s.error,
+        user_input=s.user_input,
+        input_tokens=s.input_tokens,
+        output_tokens=s.output_tokens,
+        cost=s.cost,
+        created_at=created,
+        updated_at=created if s.updated_at == s.created_at else timestamp(s.updated_at),
+        **(copied or {}),
+    )
+    if copied is not None:
+        return out
+    step = out.step
+    step.MergeFrom(definition_pb(s.step, s.flow_version_id))
+    if created is None:
+        step.SetInParent()
+    else:  # the definition shows the session step's creation as its times
+        step.created_at.CopyFrom(created)
+        step.updated_at.CopyFrom(created)
+    return out
 
 
 def session_to_pb(

@@ -148,6 +148,23 @@ def test_options_without_eval_options_read_as_message_to_dict_reads_them() -> No
     assert run_options_from_pb(options).eval_options == {"run_mode": "EVAL_RUN_MODE_SKIP"}
 
 
+def _finished_run(**fields: Any) -> runs.FlowRun:
+    defaults: dict[str, Any] = {
+        "id": "r",
+        "organisation_id": "o",
+        "flow_id": "f",
+        "session_id": "s",
+        "flow_version_id": "v",
+        "version": 1,
+        "body": {},
+        "override": {},
+        "status": runs.RunStatus.COMPLETE,
+        "created_at": AT,
+        "updated_at": AT,
+    }
+    return runs.FlowRun(**(defaults | fields))
+
+
 @pytest.mark.parametrize(
     "eval_options",
     [
@@ -160,20 +177,7 @@ def test_options_without_eval_options_read_as_message_to_dict_reads_them() -> No
     ],
 )
 def test_a_runs_eval_options_are_what_parse_dict_makes(eval_options: dict[str, Any]) -> None:
-    run = runs.FlowRun(
-        id="r",
-        organisation_id="o",
-        flow_id="f",
-        session_id="s",
-        flow_version_id="v",
-        version=1,
-        body={},
-        override={},
-        status=runs.RunStatus.COMPLETE,
-        created_at=AT,
-        updated_at=AT,
-        eval_options=eval_options,
-    )
+    run = _finished_run(eval_options=eval_options)
     expected = pb.FlowRun()
     json_format.ParseDict(eval_options, expected.eval_options)
     for _ in range(2):  # made, then kept
@@ -208,20 +212,7 @@ def _session_step(n: int, step: model.Step) -> runs.SessionStep:
 
 def test_a_runs_steps_are_its_session_steps_with_their_definitions() -> None:
     steps = [_session_step(n, step) for n, step in enumerate(STEPS)]
-    run = runs.FlowRun(
-        id="r",
-        organisation_id="o",
-        flow_id="f",
-        session_id="s",
-        flow_version_id="version-3",
-        version=1,
-        body={"question": "q"},
-        override={},
-        status=runs.RunStatus.COMPLETE,
-        created_at=AT,
-        updated_at=AT,
-        steps=steps,
-    )
+    run = _finished_run(flow_version_id="version-3", body={"question": "q"}, steps=steps)
     for _ in range(2):  # definitions made, then kept
         listed = run_to_pb(run).ai_message.steps
         assert len(listed) == len(steps)

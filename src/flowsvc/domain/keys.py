@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -47,6 +48,7 @@ class Keys:
         # By key id, only for keys a caller proved it holds: see _verify.
         self._verified: dict[str, tuple[bytes, bytes]] = {}
         self._principals: dict[str, Principal] = {}
+        self._fetches: dict[str, asyncio.Future[ApiKey | None]] = {}  # reads under way
 
     async def mint(self, org: str, expires_at: datetime | None = None) -> MintedKey:
         check_org_id(org)
@@ -133,9 +135,26 @@ class Keys:
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
         cached = self._cache.get(key_id)
-        clock = time.monotonic()
-        if cached is not None and clock - cached[0] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
+        # One read of the key at a time: the calls that find its entry stale while the read is
+        # under way wait for that read (made after the entry went stale, so as fresh as one of
+        # their own) instead of each sending the same query.
+        fetch = self._fetches.get(key_id)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(key_id))
+            self._fetches[key_id] = fetch
+            fetch.add_done_callback(functools.partial(self._fetched, key_id))
+        # Shielded: a caller that is cancelled leaves the read to the others waiting for it.
+        return await asyncio.shield(fetch)
+
+    def _fetched(self, key_id: str, fetch: asyncio.Future[ApiKey | None]) -> None:
+        self._fetches.pop(key_id, None)
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved: the waiters (if any are left) raise it themselves
+
+    async def _fetch(self, key_id: str) -> ApiKey | None:
+        clock = time.monotonic()
         record = await self._store.get_key(key_id)
         if record is None:
             self._forget(key_id)

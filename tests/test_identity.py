@@ -40,6 +40,22 @@ def test_wrong_secret_is_unauthenticated(deployment: Deployment) -> None:
     rpc_error(lambda: c.flows.ListLiveFlows(LIST), UNAUTH)
 
 
+def test_a_wrong_secret_is_refused_after_the_right_one_was_accepted(
+    deployment: Deployment,
+) -> None:
+    """A key whose secret was verified once is not hashed again at each call: a call with
+    the same key id and another secret must still be refused, and the right one still work."""
+    from tests.harness import mint_key
+
+    key = mint_key(deployment.database_url, "acme")
+    right = connect(deployment.address, [("api-key", key)])
+    right.flows.ListLiveFlows(LIST)
+    for forged in (key[:-1] + ("A" if key[-1] != "A" else "B"), key + "x", key[:-1]):
+        wrong = connect(deployment.address, [("api-key", forged)])
+        rpc_error(lambda: wrong.flows.ListLiveFlows(LIST), UNAUTH)  # noqa: B023
+    right.flows.ListLiveFlows(LIST)
+
+
 def test_api_key_header_is_accepted(deployment: Deployment) -> None:
     c = connect(deployment.address, [("api-key", deployment.acme_key)])
     assert c.flows.CreateLiveFlow(create_request()).organisation_id == "acme"

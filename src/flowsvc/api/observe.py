@@ -24,6 +24,8 @@ _ID_FIELD = {
     "LiveFlowService": "flow_id",
     "EvalService": "eval_job_id",
 }
+# Which id a resource's own `id` is, whatever service answers with it.
+_RESOURCE_ID = {"FlowRun": "run_id", "Session": "session_id", "LiveFlow": "flow_id"}
 _NAMED = ("session_id", "run_id", "request_id", "flow_id", "live_flow_id")
 
 
@@ -32,17 +34,31 @@ def _ids_in(message: Any, service: str) -> dict[str, str]:
     descriptor = getattr(message, "DESCRIPTOR", None)
     if descriptor is None:
         return fields
-    names = descriptor.fields_by_name
-    for name in _NAMED:
-        if name in names:
-            value = getattr(message, name)
-            if value:
-                fields["flow_id" if name == "live_flow_id" else name] = value
-    if "id" in names and message.id:
-        kind = descriptor.name
-        key = {"FlowRun": "run_id", "Session": "session_id", "LiveFlow": "flow_id"}.get(kind)
-        fields.setdefault(key or _ID_FIELD.get(service, "id"), message.id)
+    plan = _PLANS.get(descriptor)
+    if plan is None:
+        plan = _PLANS[descriptor] = _plan(descriptor)
+    named, has_id = plan
+    for name, key in named:
+        value = getattr(message, name)
+        if value:
+            fields[key] = value
+    if has_id and message.id:
+        resource = _RESOURCE_ID.get(descriptor.name)
+        fields.setdefault(resource or _ID_FIELD.get(service, "id"), message.id)
     return fields
+
+
+# Which of _NAMED (and `id`) a message type has, and the log field each goes to: worked out
+# once per type rather than looked up in its descriptor at every call.
+_PLANS: dict[Any, tuple[tuple[tuple[str, str], ...], bool]] = {}
+
+
+def _plan(descriptor: Any) -> tuple[tuple[tuple[str, str], ...], bool]:
+    names = descriptor.fields_by_name
+    named = tuple(
+        (name, "flow_id" if name == "live_flow_id" else name) for name in _NAMED if name in names
+    )
+    return named, "id" in names
 
 
 class _Method:

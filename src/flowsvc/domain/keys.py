@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -44,6 +45,10 @@ class Keys:
         self._store = store
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._touches: set[asyncio.Task[None]] = set()
+        # By key id, only for keys a caller proved it holds: see _verify.
+        self._verified: dict[str, tuple[bytes, bytes]] = {}
+        self._principals: dict[str, Principal] = {}
+        self._fetches: dict[str, asyncio.Future[ApiKey | None]] = {}  # reads under way
 
     async def mint(self, org: str, expires_at: datetime | None = None) -> MintedKey:
         check_org_id(org)
@@ -71,9 +76,7 @@ class Keys:
             raise Unauthenticated("malformed API key")
         key_id, secret = parts[1], parts[2]
         record = await self._lookup(key_id)
-        if record is None or not hmac.compare_digest(
-            _hash(record.salt, secret), record.secret_hash
-        ):
+        if record is None or not self._verify(record, secret):
             raise Unauthenticated("invalid API key")
         stamp = now()
         if record.revoked_at is not None:
@@ -83,7 +86,26 @@ class Keys:
         if requested_org and requested_org != record.organisation_id:
             raise PermissionDenied("current-org-id does not match the API key's organisation")
         self._touch(record, stamp)
-        return Principal(organisation_id=record.organisation_id, key_id=record.id)
+        principal = self._principals.get(record.id)
+        if principal is None or principal.organisation_id != record.organisation_id:
+            principal = Principal(organisation_id=record.organisation_id, key_id=record.id)
+            self._principals[record.id] = principal
+        return principal
+
+    def _verify(self, record: ApiKey, secret: str) -> bool:
+        """Does `secret` hash to the key's hash? Once a secret has, it is kept (in memory, as
+        the client sends it with every call) beside the hash it matched, and the next calls
+        compare with it in constant time rather than hash again: a different secret cannot
+        match that hash. Revocation, expiry and deletion are still read from the record,
+        which is looked up again every CACHE_SECONDS."""
+        presented = secret.encode()
+        verified = self._verified.get(record.id)
+        if verified is not None and verified[0] == record.secret_hash:
+            return hmac.compare_digest(presented, verified[1])
+        if not hmac.compare_digest(_hash(record.salt, secret), record.secret_hash):
+            return False
+        self._verified[record.id] = (record.secret_hash, presented)
+        return True
 
     def _touch(self, record: ApiKey, stamp: datetime) -> None:
         last = record.last_used_at
@@ -108,17 +130,39 @@ class Keys:
         return await self._store.list_keys(org)
 
     async def revoke(self, key_id: str) -> bool:
-        self._cache.pop(key_id, None)
+        self._forget(key_id)
         return await self._store.revoke_key(key_id, now())
 
     async def _lookup(self, key_id: str) -> ApiKey | None:
         cached = self._cache.get(key_id)
-        clock = time.monotonic()
-        if cached is not None and clock - cached[0] < CACHE_SECONDS:
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
             return cached[1]
+        # One read of the key at a time: the calls that find its entry stale while the read is
+        # under way wait for that read (made after the entry went stale, so as fresh as one of
+        # their own) instead of each sending the same query.
+        fetch = self._fetches.get(key_id)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(key_id))
+            self._fetches[key_id] = fetch
+            fetch.add_done_callback(functools.partial(self._fetched, key_id))
+        # Shielded: a caller that is cancelled leaves the read to the others waiting for it.
+        return await asyncio.shield(fetch)
+
+    def _fetched(self, key_id: str, fetch: asyncio.Future[ApiKey | None]) -> None:
+        self._fetches.pop(key_id, None)
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved: the waiters (if any are left) raise it themselves
+
+    async def _fetch(self, key_id: str) -> ApiKey | None:
+        clock = time.monotonic()
         record = await self._store.get_key(key_id)
         if record is None:
-            self._cache.pop(key_id, None)
+            self._forget(key_id)
         else:
             self._cache[key_id] = (clock, record)
         return record
+
+    def _forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+        self._verified.pop(key_id, None)
+        self._principals.pop(key_id, None)

@@ -25,9 +25,7 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     delta = value - _EPOCH
-    return Timestamp(
-        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
-    )
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 # -- requests -> domain ---------------------------------------------------------------
@@ -99,13 +97,43 @@ def graph_from_pb(
 # -- domain -> responses --------------------------------------------------------------
 
 
-def step_to_pb(step: model.Step, created_at: datetime) -> pb.Step:
+# A step definition's pb without its timestamps, by (version id, step id): a version is
+# immutable, so its steps are converted once, not once per session step of every response.
+# Each entry keeps the step it was made from and is used only for an equal step, so a key
+# that is not unique (a step without an id) costs a conversion, never a wrong answer.
+_DEFINITIONS: dict[tuple[str, str], tuple[model.Step, pb.Step]] = {}
+DEFINITIONS_KEPT = 4096  # steps; past this the cache starts again empty
+
+
+def step_to_pb(step: model.Step, created_at: datetime, version_id: str = "") -> pb.Step:
+    return step_pb_at(step, timestamp(created_at), version_id)
+
+
+def step_pb_at(step: model.Step, stamp: Timestamp | None, version_id: str) -> pb.Step:
+    """The step's pb with `stamp` as both its times (what a session step shows of it)."""
+    out = pb.Step(created_at=stamp, updated_at=stamp)
+    out.MergeFrom(definition_pb(step, version_id))
+    return out
+
+
+def definition_pb(step: model.Step, version_id: str) -> pb.Step:
+    """The step's pb without times, shared: never to be changed (MergeFrom it)."""
+    key = (version_id, step.id)
+    kept = _DEFINITIONS.get(key)
+    if kept is not None and (kept[0] is step or kept[0] == step):
+        return kept[1]
+    out = _definition(step)
+    if len(_DEFINITIONS) >= DEFINITIONS_KEPT:
+        _DEFINITIONS.clear()
+    _DEFINITIONS[key] = (step, out)
+    return out
+
+
+def _definition(step: model.Step) -> pb.Step:
     out = pb.Step(
         id=step.id,
         name=step.name,
         step_type=_STEP_TYPE_TO_PB[step.step_type] if step.step_type else pb.STEP_TYPE_UNSPECIFIED,
-        created_at=timestamp(created_at),
-        updated_at=timestamp(created_at),
     )
     if step.prompt_template is not None:
         p = step.prompt_template
@@ -154,11 +182,10 @@ def step_to_pb(step: model.Step, created_at: datetime) -> pb.Step:
 
 def version_to_pb(version: model.FlowVersion) -> pb.FlowVersion:
     created = timestamp(version.created_at)
-    return pb.FlowVersion(
+    out = pb.FlowVersion(
         id=version.id,
         flow_id=version.flow_id,
         version=version.version,
-        steps=[step_to_pb(s, version.created_at) for s in version.graph.steps],
         step_transitions=[
             pb.StepTransition(
                 id=t.id,
@@ -173,3 +200,9 @@ def version_to_pb(version: model.FlowVersion) -> pb.FlowVersion:
         created_at=created,
         updated_at=created,
     )
+    # Each step built in place (the definition merged in where it lies): as many copies of an
+    # HTTP step's headers map as before, so they go out in the same order (see records).
+    add = out.steps.add
+    for step in version.graph.steps:
+        add(created_at=created, updated_at=created).MergeFrom(definition_pb(step, version.id))
+    return out

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowsvc.api.convert.flows import step_to_pb, timestamp, version_to_pb
+from flowsvc.api.convert.flows import definition_pb, step_pb_at, timestamp, version_to_pb
 from flowsvc.domain import evals, model, runs
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.ids import new_id
@@ -29,11 +31,17 @@ _RUN_STATUS = _enum_map(runs.RunStatus, pb.RunStatus, "RUN_STATUS")
 _EVENT_TYPE = _enum_map(runs.EventType, pb.RunEventType, "RUN_EVENT_TYPE")
 
 
+_KNOWN_VALUES: dict[Any, frozenset[int]] = {}
+
+
 def known_enum(value: int, enum: Any, field: str) -> int:
     """Proto3 enums are open: a number the contract does not define arrives as is. Refuse it
     rather than read it as the default, which would silently do something the caller did
     not ask for (no filter, the basic view, an evaluation mode that is none of them)."""
-    if value not in enum.values():
+    known = _KNOWN_VALUES.get(enum)
+    if known is None:
+        known = _KNOWN_VALUES[enum] = frozenset(enum.values())  # values() is a new list a call
+    if value not in known:
         raise InvalidArgument.one(field, f"unknown {enum.DESCRIPTOR.name} value {value}")
     return value
 
@@ -45,7 +53,27 @@ def session_status_from_pb(value: int, field: str) -> str:
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+    """What json_format.MessageToDict answers (and raises, for a NaN or infinite number),
+    without its pure-Python printer: a body or override arrives with every run."""
+    return {key: _value(item) for key, item in value.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number - number != 0.0:  # NaN or infinite: MessageToDict's own error
+            return json_format.MessageToDict(value)
+        return number
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    return None  # null_value, or no kind at all
 
 
 def dict_to_struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
@@ -80,7 +108,10 @@ def run_options_from_pb(o: pb.RunOptions) -> RunOptions:
         session_id=o.session_id,
         version=o.version,
         override=struct_to_dict(o.override),
-        eval_options=json_format.MessageToDict(o.eval_options, preserving_proto_field_name=True),
+        # Nothing to print for options left out (most calls): MessageToDict would answer {}.
+        eval_options=json_format.MessageToDict(o.eval_options, preserving_proto_field_name=True)
+        if o.HasField("eval_options")
+        else {},
         no_wait=o.no_wait,
         multitask=_multitask(o),
         webhook_url=o.webhook_url,
@@ -106,31 +137,59 @@ def message_to_pb(
 ) -> pb.Message | None:
     if m is None:
         return None
-    return pb.Message(
-        id=m.id,
-        date=timestamp(m.date),
-        role=m.role,
-        content=m.content,
-        steps=[session_step_to_pb(s) for s in steps or ()],
-    )
+    out = pb.Message(id=m.id, date=timestamp(m.date), role=m.role, content=m.content)
+    if steps:
+        add = out.steps.add  # each step built in place: not built, then copied in
+        for s in steps:
+            _session_step(add, s, in_list=True)
+    return out
 
 
 def session_step_to_pb(s: runs.SessionStep) -> pb.SessionStep:
-    return pb.SessionStep(
+    return _session_step(pb.SessionStep, s)
+
+
+def _session_step(
+    make: Callable[..., pb.SessionStep], s: runs.SessionStep, in_list: bool = False
+) -> pb.SessionStep:
+    """`make` (the message class, or a repeated field's `add`) called with the step's fields;
+    its definition is merged in afterwards, where it lies, rather than built and copied."""
+    created = timestamp(s.created_at)
+    http = s.step.http
+    # A map's entries go out in the order of its hash table, which each copy can reorder
+    # (protobuf maps have no order to rely on, but the responses stay byte for byte what they
+    # were): in a message's list, a step with several HTTP headers is built and then copied
+    # in, as many copies as before; alone, merging the definition in is as many.
+    copied = (
+        {"step": step_pb_at(s.step, created, s.flow_version_id)}
+        if in_list and http is not None and len(http.headers) > 1
+        else None
+    )
+    out = make(
         id=s.id,
         run_id=s.run_id,
-        status=_STEP_STATUS[s.status],  # type: ignore[arg-type]
+        status=_STEP_STATUS[s.status],
         prompt=s.prompt,
         result=s.result,
         error=s.error,
         user_input=s.user_input,
-        step=step_to_pb(s.step, s.created_at),
         input_tokens=s.input_tokens,
         output_tokens=s.output_tokens,
         cost=s.cost,
-        created_at=timestamp(s.created_at),
-        updated_at=timestamp(s.updated_at),
+        created_at=created,
+        updated_at=created if s.updated_at == s.created_at else timestamp(s.updated_at),
+        **(copied or {}),
     )
+    if copied is not None:
+        return out
+    step = out.step
+    step.MergeFrom(definition_pb(s.step, s.flow_version_id))
+    if created is None:
+        step.SetInParent()
+    else:  # the definition shows the session step's creation as its times
+        step.created_at.CopyFrom(created)
+        step.updated_at.CopyFrom(created)
+    return out
 
 
 def session_to_pb(
@@ -217,10 +276,32 @@ def run_to_pb(r: runs.FlowRun) -> pb.FlowRun:
         webhook_url=r.webhook_url,
     )
     if r.eval_options:
-        json_format.ParseDict(r.eval_options, out.eval_options)
+        out.eval_options.MergeFromString(_eval_options_bytes(r.eval_options))
     if r.eval_job is not None:
         out.eval_job.CopyFrom(eval_job_to_pb(r.eval_job))
     return out
+
+
+# A run's eval_options (a dict read from JSON) as EvalOptions bytes, by its JSON text: runs
+# share a handful of them ({"runs": []} for most), and ParseDict is pure Python.
+_EVAL_OPTIONS: dict[str, bytes] = {}
+EVAL_OPTIONS_KEPT = 256
+
+
+def _eval_options_bytes(options: dict[str, Any]) -> bytes:
+    # The same text is the same dict to ParseDict: it tells 1 from 1.0 and true, and keeps
+    # the order of every list.
+    try:
+        text = json.dumps(options, ensure_ascii=False)
+    except (TypeError, ValueError):  # not JSON after all: ParseDict says what it says of it
+        return json_format.ParseDict(options, pb.EvalOptions()).SerializeToString()
+    raw = _EVAL_OPTIONS.get(text)
+    if raw is None:
+        raw = json_format.ParseDict(options, pb.EvalOptions()).SerializeToString()
+        if len(_EVAL_OPTIONS) >= EVAL_OPTIONS_KEPT:
+            _EVAL_OPTIONS.clear()
+        _EVAL_OPTIONS[text] = raw
+    return raw
 
 
 _EVAL_STATUS = {

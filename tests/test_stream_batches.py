@@ -76,6 +76,22 @@ def test_a_session_replay_comes_in_fewer_messages_than_events(client: Client) ->
     assert [e.seq for m in messages for e in m.events] == list(range(1, 37))
 
 
+def test_a_message_holds_at_most_256_kib_unless_it_is_one_larger_event(client: Client) -> None:
+    session_id = session_with_runs(client, 1)
+    flow_id = client.sessions.GetSession(ss.GetSessionRequest(id=session_id)).live_flow_id
+    run_big(client, flow_id, session_id, 4)  # events of ~50 to ~100 KB: 3 MB or so
+    stream = batches(client, session_id)
+    messages: list[pb.RunEventBatch] = []
+    for message in stream:
+        messages.append(message)
+        if sum(len(m.events) for m in messages) >= 60:
+            stream.cancel()  # type: ignore[attr-defined]
+            break
+    assert [e.seq for m in messages for e in m.events] == list(range(1, 61))
+    assert len(messages) > 5
+    assert all(m.ByteSize() <= 256 * 1024 or len(m.events) == 1 for m in messages)
+
+
 @pytest.mark.parametrize("after", [0, 5, 12, 35])
 def test_a_batched_replay_starts_right_after_after_seq(client: Client, after: int) -> None:
     session_id = session_with_runs(client, 3)

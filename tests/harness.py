@@ -203,7 +203,8 @@ def run_big(c: Client, flow_id: str, session_id: str, runs: int) -> None:
     big = struct(question="x" * 50_000)
     for _ in range(runs):
         on_session = pb.RunOptions(session_id=session_id)
-        c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow_id, body=big, options=on_session))
+        run = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow_id, body=big, options=on_session))
+        assert run.status == pb.RUN_STATUS_COMPLETE, run.error
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:

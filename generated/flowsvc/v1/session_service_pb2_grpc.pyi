@@ -84,7 +84,7 @@ class SessionServiceStub:
     """WatchSession's events, several to a message: exactly the events WatchSession sends for
     the same request, in the same order (STEP_DELTAs among them), grouped as the server
     takes them: a page of the replay, or what was committed (or streamed as deltas) together
-    since the last message. A message holds at least one event and at most about 256 KiB of
+    since the last message. A message holds at least one event and at most about 64 KiB of
     them (one larger event goes alone). For subscribers that need a run's events at once: a
     run reaches each of them in a few messages instead of one per event, which costs the
     server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
@@ -169,7 +169,7 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """WatchSession's events, several to a message: exactly the events WatchSession sends for
     the same request, in the same order (STEP_DELTAs among them), grouped as the server
     takes them: a page of the replay, or what was committed (or streamed as deltas) together
-    since the last message. A message holds at least one event and at most about 256 KiB of
+    since the last message. A message holds at least one event and at most about 64 KiB of
     them (one larger event goes alone). For subscribers that need a run's events at once: a
     run reaches each of them in a few messages instead of one per event, which costs the
     server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
@@ -299,7 +299,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         """WatchSession's events, several to a message: exactly the events WatchSession sends for
         the same request, in the same order (STEP_DELTAs among them), grouped as the server
         takes them: a page of the replay, or what was committed (or streamed as deltas) together
-        since the last message. A message holds at least one event and at most about 256 KiB of
+        since the last message. A message holds at least one event and at most about 64 KiB of
         them (one larger event goes alone). For subscribers that need a run's events at once: a
         run reaches each of them in a few messages instead of one per event, which costs the
         server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.

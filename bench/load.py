@@ -88,6 +88,9 @@ async def main() -> None:
         "--ahead", type=int, default=0, help="w3-drive: runs not yet delivered, at most"
     )
     parser.add_argument("--size", type=int, default=1024, help="stream-watch: message bytes")
+    parser.add_argument(
+        "--batched", type=int, default=0, help="w3-watch: 1 for WatchSessionBatches"
+    )
     parser.add_argument("--pid", type=int, default=0, help="server whose CPU the window reads")
     parser.add_argument("--runs", type=int, default=0, help="w6: runs per caller")
     parser.add_argument("--mode", default="given", choices=["given", "new", "prepare"])
@@ -306,7 +309,8 @@ async def windowed(
     (first message in); the window starts when a line arrives on stdin ("go") and lasts
     `--seconds`. Counts are taken over the window only; with --pid, so is the server's CPU."""
     state: dict[str, Any] = {
-        "received": 0,
+        "received": 0,  # events (or the bare stream's messages)
+        "messages": 0,
         "bytes": 0,
         "delays": [],
         "measuring": False,
@@ -323,10 +327,12 @@ async def windowed(
     own0 = os.times()
     threads0 = server_threads(args.pid)
     cpu0, n0, b0, t0 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
+    m0 = state["messages"]
     state["measuring"] = True
     await asyncio.sleep(args.seconds)
     state["measuring"] = False
     cpu1, n1, b1, t1 = server_cpu(args.pid), state["received"], state["bytes"], time.perf_counter()
+    m1 = state["messages"]
     threads1 = server_threads(args.pid)
     for t in tasks:
         t.cancel()
@@ -339,6 +345,7 @@ async def windowed(
         "delivered": delivered,
         "window_s": t1 - t0,
         "delivered_per_s": delivered / (t1 - t0),
+        "messages_per_s": (m1 - m0) / (t1 - t0),
         "mean_bytes": (b1 - b0) / max(1, delivered),
         "server_cpu_s": cpu1 - cpu0,
         "server_threads_cpu_s": {
@@ -371,6 +378,7 @@ async def stream_watch(channel: grpc.aio.Channel, args: argparse.Namespace) -> d
                     if state["joined"] == args.concurrency:
                         state["all_joined"].set()
                 state["received"] += 1
+                state["messages"] += 1
                 state["bytes"] += len(message)
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.CANCELLED:
@@ -382,18 +390,20 @@ async def stream_watch(channel: grpc.aio.Channel, args: argparse.Namespace) -> d
 async def w3_watch(
     channel: grpc.aio.Channel, metadata: Any, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """W3: WatchSession subscribers (after_seq 0) of one session; each counts what it
-    receives in the window, and times live events (receipt - event `time`)."""
+    """W3: WatchSession subscribers (after_seq 0) of one session, or with --batched 1
+    WatchSessionBatches ones; each counts the events (and messages) it receives in the window,
+    and times live events (receipt - event `time`)."""
+    batched = bool(args.batched)
+    method = "WatchSessionBatches" if batched else "WatchSession"
     # raw bytes, parsed here (as the stub would): the size comes for free
     watch_raw = channel.unary_stream(
-        "/flowsvc.v1.SessionService/WatchSession",
-        request_serializer=ss.WatchSessionRequest.SerializeToString,
+        f"/flowsvc.v1.SessionService/{method}",
+        request_serializer=lambda request: request.SerializeToString(),
     )
+    request_type = ss.WatchSessionBatchesRequest if batched else ss.WatchSessionRequest
 
     async def subscriber(state: dict[str, Any]) -> None:
-        call = watch_raw(
-            ss.WatchSessionRequest(session_id=args.session, after_seq=0), metadata=metadata
-        )
+        call = watch_raw(request_type(session_id=args.session, after_seq=0), metadata=metadata)
         await call.wait_for_connection()
         state["joined"] += 1
         if state["joined"] == args.concurrency:
@@ -402,10 +412,20 @@ async def w3_watch(
         try:
             async for raw in call:
                 received = time.time()
-                state["received"] += 1
+                state["messages"] += 1
                 state["bytes"] += len(raw)
-                if state["measuring"]:
-                    event = pb.RunEvent.FromString(raw)
+                if not batched:
+                    state["received"] += 1
+                    if state["measuring"]:
+                        events: Any = (pb.RunEvent.FromString(raw),)
+                    else:
+                        continue
+                else:
+                    events = pb.RunEventBatch.FromString(raw).events
+                    state["received"] += len(events)
+                    if not state["measuring"]:
+                        continue
+                for event in events:
                     if event.seq:
                         delays.append(received - event.time.seconds - event.time.nanos / 1e9)
         except grpc.aio.AioRpcError as err:

@@ -840,6 +840,7 @@ def collect(procs: list[subprocess.Popen[str]]) -> dict[str, Any]:
         "joined": sum(r["joined"] for r in parts),
         "delivered": sum(r["delivered"] for r in parts),
         "delivered_per_s": delivered_per_s,
+        "messages_per_s": sum(r["messages_per_s"] for r in parts),
         "mean_bytes": statistics.fmean(r["mean_bytes"] for r in parts),
         "server_cores": cpu / window,
         "server_cpu_us_per_delivered": 1e6 * cpu / max(1.0, delivered_per_s * window),
@@ -888,18 +889,24 @@ W3_AHEAD = 3  # (b): runs started but not yet delivered (to the driver's own wat
 
 
 def w3_flowsvc(
-    work: Path, tag: str, env: dict[str, str], seconds: float, rate: float
+    work: Path, tag: str, env: dict[str, str], seconds: float, rate: float, batched: bool = False
 ) -> dict[str, Any]:
-    """200 WatchSession subscribers on one session (one run in it before they join), then
-    chain5 runs on it back to back, at most W3_AHEAD runs ahead of delivery (rate 0), or
-    started `rate` times a second."""
+    """200 WatchSession (or, `batched`, WatchSessionBatches) subscribers on one session (one
+    run in it before they join), then chain5 runs on it back to back, at most W3_AHEAD runs
+    ahead of delivery (rate 0), or started `rate` times a second."""
     server = Server(work / f"w3-{tag}.db", env=env)
     try:
         key = server.key()
         chain = make_flow(server.address, key, CHAIN5)
         first = one_run(server.address, key, chain)
         procs = subscribers(
-            "w3-watch", server.address, seconds, server.proc.pid, key=key, session=first.session_id
+            "w3-watch",
+            server.address,
+            seconds,
+            server.proc.pid,
+            key=key,
+            session=first.session_id,
+            batched=int(batched),
         )
         args = [PY, str(HERE / "load.py"), "w3-drive", "--target", server.address, "--key", key]
         args += ["--flow", chain, "--session", first.session_id, "--seconds", str(seconds + 2)]
@@ -971,6 +978,9 @@ def w3(work: Path, echo: Echo, seconds: float) -> dict[str, Any]:
     if 2 * rate * (seconds + 4) + 2 > 0.9 * 1000:
         paced_env["FLOWSVC_MAX_MESSAGES_PER_SESSION"] = "1000000"
     paced = w3_flowsvc(work, "paced", paced_env, seconds, rate)
+    # The same two with WatchSessionBatches: a run in a few messages per subscriber.
+    batched = w3_flowsvc(work, "batched", fast_env, seconds, 0, batched=True)
+    batched_paced = w3_flowsvc(work, "batched-paced", paced_env, seconds, rate, batched=True)
     return {
         "event_bytes_mean": size,
         "event_bytes_min_max": [min(sizes), max(sizes)],
@@ -983,6 +993,12 @@ def w3(work: Path, echo: Echo, seconds: float) -> dict[str, Any]:
         "cpu_per_delivered_ratio": fast["server_cpu_us_per_delivered"]
         / bare["server_cpu_us_per_delivered"],
         "paced_fraction_of_bare": paced["delivered_per_s"] / bare["delivered_per_s"],
+        "batched": batched,
+        "batched_paced": batched_paced,
+        # Events delivered by the batched stream per message the bare stream delivers.
+        "batched_efficiency": batched["delivered_per_s"] / bare["delivered_per_s"],
+        "batched_cpu_per_delivered_ratio": batched["server_cpu_us_per_delivered"]
+        / bare["server_cpu_us_per_delivered"],
     }
 
 
@@ -1256,6 +1272,31 @@ def table(r: dict[str, Any]) -> str:
                 f"delivery p50 {paced['p50_ms']:.1f} ms, p99 {paced['p99_ms']:.1f} ms",
                 f"{paced['server_cpu_us_per_delivered']:.1f} us CPU/event,"
                 f" cut off {paced['cut_off']}, driver errors {paced['driver_errors']}",
+                "p99 target < 50 ms",
+            )
+        )
+        batched, batched_paced = w3["batched"], w3["batched_paced"]
+        rows.append(
+            (
+                "W3 200 WatchSessionBatches, chain5 back to back",
+                f"{batched['delivered_per_s']:.0f} events/s,"
+                f" {batched['messages_per_s']:.0f} msgs/s",
+                f"delivery p50 {batched['p50_ms']:.1f} ms, p99 {batched['p99_ms']:.1f} ms",
+                f"{batched['server_cpu_us_per_delivered']:.1f} us CPU/event,"
+                f" {batched['driver_runs_per_s']:.0f} runs/s, cut off {batched['cut_off']}",
+                f"{w3['batched_efficiency']:.2f}x bare (target >= 0.70)",
+            )
+        )
+        rows.append(
+            (
+                f"W3 batched, paced {batched_paced['driver_rate']:.1f} runs/s (as (c))",
+                f"{batched_paced['delivered_per_s']:.0f} events/s,"
+                f" {batched_paced['messages_per_s']:.0f} msgs/s",
+                f"delivery p50 {batched_paced['p50_ms']:.1f} ms,"
+                f" p99 {batched_paced['p99_ms']:.1f} ms",
+                f"{batched_paced['server_cpu_us_per_delivered']:.1f} us CPU/event,"
+                f" cut off {batched_paced['cut_off']},"
+                f" driver errors {batched_paced['driver_errors']}",
                 "p99 target < 50 ms",
             )
         )

@@ -42,6 +42,7 @@ def database_for(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iter
 BOTH_BACKENDS = {
     "test_runs",
     "test_streams",
+    "test_stream_batches",
     "test_live_flows",
     "test_evals",
     "test_tenancy",

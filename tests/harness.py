@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from flowsvc.v1 import (
     live_flow_service_pb2_grpc,
     session_service_pb2_grpc,
 )
+from flowsvc.v1 import flow_run_service_pb2 as fr
+from flowsvc.v1 import resources_pb2 as pb
+from tests.graphs import struct
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -173,6 +177,34 @@ def connect(
 
 def bearer(key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
+
+
+@contextmanager
+def unread_streams_server(path: Path, **settings: Any) -> Iterator[Client]:
+    """A server on a new SQLite database at `path` (with `settings`), and a client of
+    organisation acme whose HTTP/2 window stays at its initial 64 KiB (no BDP probe), so that
+    a stream it does not read fills up."""
+    url = sqlite_url(path)
+    server = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url, **settings))
+    c = connect(
+        server.address, bearer(mint_key(url, "acme")), options=[("grpc.http2.bdp_probe", 0)]
+    )
+    try:
+        yield c
+    finally:
+        c.close()
+        server.stop()
+
+
+def run_big(c: Client, flow_id: str, session_id: str, runs: int) -> None:
+    """Runs of `flow_id` (a flow of tests.graphs.create_request) on the session whose events
+    carry ~50 KB of prompt or result each: 20 of them are megabytes, far past what the
+    transport buffers for a client that never reads."""
+    big = struct(question="x" * 50_000)
+    for _ in range(runs):
+        on_session = pb.RunOptions(session_id=session_id)
+        run = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow_id, body=big, options=on_session))
+        assert run.status == pb.RUN_STATUS_COMPLETE, run.error
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 30) -> None:

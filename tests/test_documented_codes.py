@@ -287,6 +287,21 @@ def _watch_session_over_subscribers(e: Env) -> Callable[[], Any]:
     return call
 
 
+def _watch_session_batches_over_subscribers(e: Env) -> Callable[[], Any]:
+    """A batched stream counts against the same per-session limit as WatchSession's."""
+    waiting = e.waiting()
+
+    def call() -> Any:
+        with e.watched(waiting.session_id):
+            return next(
+                e.c.sessions.WatchSessionBatches(
+                    ss.WatchSessionBatchesRequest(session_id=waiting.session_id)
+                )
+            )
+
+    return call
+
+
 def _fork(e: Env, **fields: Any) -> Callable[[], Any]:
     return lambda: e.c.sessions.ForkSession(ss.ForkSessionRequest(**fields))
 
@@ -495,6 +510,15 @@ CASES: dict[tuple[str, Code], Case] = {
         lambda: e.c.sessions.WatchSession(ss.WatchSessionRequest(session_id=NOBODY))
     ),
     ("WatchSession", Code.RESOURCE_EXHAUSTED): _watch_session_over_subscribers,
+    ("WatchSessionBatches", Code.INVALID_ARGUMENT): lambda e: _stream(
+        lambda: e.c.sessions.WatchSessionBatches(ss.WatchSessionBatchesRequest(session_id=""))
+    ),
+    ("WatchSessionBatches", Code.NOT_FOUND): lambda e: _stream(
+        lambda: e.c.sessions.WatchSessionBatches(
+            ss.WatchSessionBatchesRequest(session_id=NOBODY)
+        )
+    ),
+    ("WatchSessionBatches", Code.RESOURCE_EXHAUSTED): _watch_session_batches_over_subscribers,
     ("ForkSession", Code.INVALID_ARGUMENT): lambda e: _fork(e, session_id="", step_id=NOBODY),
     ("ForkSession", Code.NOT_FOUND): lambda e: (
         lambda s: _fork(e, session_id=s.id, step_id=NOBODY)

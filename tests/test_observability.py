@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -103,19 +103,7 @@ def test_sent_messages_count_every_event_a_session_stream_wrote(
     per message: the count stays exact, for a replay and for live events with deltas."""
     server, key = metered
     client = connect(server.address, bearer(key))
-    watch = {"grpc_type": "server_stream", "grpc_method": "WatchSession"}
-
-    def count(name: str, **labels: str) -> float:
-        try:
-            return _value(_scrape(server.server.metrics_port), name, **watch, **labels)
-        except AssertionError:
-            return 0.0  # not counted yet
-
-    def sent() -> float:
-        return count("grpc_server_msg_sent_total")
-
-    def ended_streams() -> float:
-        return count("grpc_server_handled_total", grpc_code="CANCELLED")
+    sent, ended_streams = _stream_counts(server, "WatchSession")
 
     flow = client.flows.CreateLiveFlow(create_request())
     first = client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="a")))
@@ -140,11 +128,64 @@ def test_sent_messages_count_every_event_a_session_stream_wrote(
             if received == expected:
                 break
         stream.cancel()
-        for _ in range(1000):  # the stream's end is counted once the server has handled it
-            if ended_streams() > ended:
-                break
-            time.sleep(0.01)
+        _until_counted(ended_streams, ended)
         assert sent() - before == received == expected
+
+
+def test_a_batched_session_stream_counts_its_messages_not_its_events(
+    metered: tuple[InProcessServer, str],
+) -> None:
+    server, key = metered
+    client = connect(server.address, bearer(key))
+    sent, ended_streams = _stream_counts(server, "WatchSessionBatches")
+    flow = client.flows.CreateLiveFlow(create_request())
+    first = client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="a")))
+    again = pb.RunOptions(session_id=first.session_id)
+    second = fr.RunFlowRequest(flow_id=flow.id, body=struct(question="b"), options=again)
+    client.runs.RunFlow(second)
+    before, ended = sent(), ended_streams()
+    stream = client.sessions.WatchSessionBatches(
+        ss.WatchSessionBatchesRequest(session_id=first.session_id)
+    )
+    messages = events = 0
+    for message in stream:
+        messages += 1
+        events += len(message.events)
+        if events == 24:  # the two runs' events, replayed
+            break
+    stream.cancel()
+    _until_counted(ended_streams, ended)
+    assert sent() - before == messages < events
+
+
+def _stream_counts(
+    server: InProcessServer, method: str
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """Readers of a server-streaming method's sent messages and of its streams ended by the
+    client (CANCELLED), from the server's metrics."""
+    labels = {"grpc_type": "server_stream", "grpc_method": method}
+
+    def count(name: str, **more: str) -> float:
+        try:
+            return _value(_scrape(server.server.metrics_port), name, **labels, **more)
+        except AssertionError:
+            return 0.0  # not counted yet
+
+    def sent() -> float:
+        return count("grpc_server_msg_sent_total")
+
+    def ended_streams() -> float:
+        return count("grpc_server_handled_total", grpc_code="CANCELLED")
+
+    return sent, ended_streams
+
+
+def _until_counted(ended_streams: Callable[[], float], ended: float) -> None:
+    """Until a stream's end is counted: once the server has handled it."""
+    for _ in range(1000):
+        if ended_streams() > ended:
+            return
+        time.sleep(0.01)
 
 
 def test_flowsvc_metrics_count_runs_steps_models_and_commits(

@@ -10,20 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from flowsvc.config import Settings
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.graphs import create_request, struct, with_input
-from tests.harness import (
-    Client,
-    InProcessServer,
-    bearer,
-    connect,
-    mint_key,
-    sqlite_url,
-    wait_until,
-)
+from tests.harness import Client, run_big, unread_streams_server, wait_until
 
 QUESTION = struct(question="q")
 DELTA = pb.RUN_EVENT_TYPE_STEP_DELTA
@@ -249,18 +240,9 @@ def test_many_subscribers_each_see_every_event(client: Client) -> None:
 def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """A server that cuts slow subscribers off quickly, and a client whose HTTP/2 window
     stays at its initial 64 KiB, so a stream it does not read fills up."""
-    url = sqlite_url(tmp_path_factory.mktemp("tight") / "db.sqlite")
-    server = InProcessServer(
-        Settings(
-            listen="127.0.0.1:0", database_url=url, subscriber_queue=32, stream_write_timeout=1.0
-        )
-    )
-    c = connect(
-        server.address, bearer(mint_key(url, "acme")), options=[("grpc.http2.bdp_probe", 0)]
-    )
-    yield c
-    c.close()
-    server.stop()
+    path = tmp_path_factory.mktemp("tight") / "db.sqlite"
+    with unread_streams_server(path, subscriber_queue=32, stream_write_timeout=1.0) as c:
+        yield c
 
 
 def test_a_subscriber_that_never_reads_does_not_hold_runs_back_and_is_cut_off(
@@ -294,34 +276,16 @@ def test_a_subscriber_that_never_reads_does_not_hold_runs_back_and_is_cut_off(
 def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_resume(
     tmp_path: Path,
 ) -> None:
-    url = sqlite_url(tmp_path / "db.sqlite")
     # A queue that never overflows here: only the write deadline can end the stream.
-    server = InProcessServer(
-        Settings(
-            listen="127.0.0.1:0",
-            database_url=url,
-            subscriber_queue=1_000_000,
-            stream_write_timeout=0.5,
-        )
-    )
-    c = connect(
-        server.address, bearer(mint_key(url, "acme")), options=[("grpc.http2.bdp_probe", 0)]
-    )
-    try:
+    with unread_streams_server(
+        tmp_path / "db.sqlite", subscriber_queue=1_000_000, stream_write_timeout=0.5
+    ) as c:
         flow = c.flows.CreateLiveFlow(create_request())
         first = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
         stalled = c.sessions.WatchSession(
             ss.WatchSessionRequest(session_id=first.session_id, after_seq=5), timeout=120
         )
-        big = struct(question="x" * 50_000)  # each event carries ~50 KB of prompt or result
-        for _ in range(20):  # megabytes: far past what the transport buffers for a client
-            c.runs.RunFlow(  # that never reads
-                fr.RunFlowRequest(
-                    flow_id=flow.id,
-                    body=big,
-                    options=pb.RunOptions(session_id=first.session_id),
-                )
-            )
+        run_big(c, flow.id, first.session_id, 20)
         with pytest.raises(grpc.RpcError) as info:
             for _ in stalled:
                 pass
@@ -329,6 +293,4 @@ def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_re
         details = info.value.details() or ""
         assert "stopped reading" in details
         assert int(details.rsplit("after_seq=", 1)[1]) >= 5
-    finally:
-        c.close()
-        server.stop()
+

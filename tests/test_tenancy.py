@@ -137,6 +137,7 @@ def cases(o: dict[str, Any], theirs: pb.LiveFlow) -> dict[str, list[tuple[Any, g
         "CancelSession": [(ss.CancelSessionRequest(id=o["session"]), NF)],
         "DeleteSession": [(ss.DeleteSessionRequest(id=o["session"]), NF)],
         "WatchSession": [(ss.WatchSessionRequest(session_id=o["session"]), NF)],
+        "WatchSessionBatches": [(ss.WatchSessionBatchesRequest(session_id=o["session"]), NF)],
         "ForkSession": [(ss.ForkSessionRequest(session_id=o["session"], step_id=o["step"]), NF)],
         "RunFlow": [
             (fr.RunFlowRequest(flow_id=flow.id, body=struct(topic="t")), NF),

@@ -1384,6 +1384,30 @@ class RunEvent(_message.Message):
 Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
 
 @_typing.final
+class RunEventBatch(_message.Message):
+    """Several RunEvents in one stream message, in stream order (WatchSessionBatches)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunEvent]:
+        """At least one."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___RunEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEventBatch: _TypeAlias = RunEventBatch  # noqa: Y015
+
+@_typing.final
 class Webhook(_message.Message):
     """A receiver of events. Deliveries follow the Standard Webhooks specification: POST with a
     JSON body {"type", "timestamp", "data"} and the headers webhook-id, webhook-timestamp and

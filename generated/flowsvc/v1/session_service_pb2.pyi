@@ -248,6 +248,29 @@ class WatchSessionRequest(_message.Message):
 Global___WatchSessionRequest: _TypeAlias = WatchSessionRequest  # noqa: Y015
 
 @_typing.final
+class WatchSessionBatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    after_seq: _builtins.int
+    """Only events with a greater seq are sent (as WatchSessionRequest.after_seq)."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionBatchesRequest: _TypeAlias = WatchSessionBatchesRequest  # noqa: Y015
+
+@_typing.final
 class ForkSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

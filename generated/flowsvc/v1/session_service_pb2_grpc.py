@@ -37,8 +37,8 @@ class SessionServiceStub:
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     def __init__(self, channel):
@@ -82,6 +82,11 @@ class SessionServiceStub:
                 request_serializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.SerializeToString,
                 response_deserializer=flowsvc_dot_v1_dot_resources__pb2.RunEvent.FromString,
                 _registered_method=True)
+        self.WatchSessionBatches = channel.unary_stream(
+                '/flowsvc.v1.SessionService/WatchSessionBatches',
+                request_serializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionBatchesRequest.SerializeToString,
+                response_deserializer=flowsvc_dot_v1_dot_resources__pb2.RunEventBatch.FromString,
+                _registered_method=True)
         self.ForkSession = channel.unary_unary(
                 '/flowsvc.v1.SessionService/ForkSession',
                 request_serializer=flowsvc_dot_v1_dot_session__service__pb2.ForkSessionRequest.SerializeToString,
@@ -99,8 +104,8 @@ class SessionServiceServicer:
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     def CreateSession(self, request, context):
@@ -163,6 +168,23 @@ class SessionServiceServicer:
         Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
         RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
         that stopped reading or fell behind: resume with after_seq).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSessionBatches(self, request, context):
+        """WatchSession's events, several to a message: exactly the events WatchSession sends for
+        the same request, in the same order (STEP_DELTAs among them), grouped as the server
+        takes them: a page of the replay, or what was committed (or streamed as deltas) together
+        since the last message. A message holds at least one event and at most about 64 KiB of
+        them (one larger event goes alone). For subscribers that need a run's events at once: a
+        run reaches each of them in a few messages instead of one per event, which costs the
+        server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
+        Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+        RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, counted with
+        WatchSession's, or a subscriber that stopped reading or fell behind: resume with
+        after_seq).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,6 +253,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     request_deserializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.FromString,
                     response_serializer=flowsvc_dot_v1_dot_resources__pb2.RunEvent.SerializeToString,
             ),
+            'WatchSessionBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSessionBatches,
+                    request_deserializer=flowsvc_dot_v1_dot_session__service__pb2.WatchSessionBatchesRequest.FromString,
+                    response_serializer=flowsvc_dot_v1_dot_resources__pb2.RunEventBatch.SerializeToString,
+            ),
             'ForkSession': grpc.unary_unary_rpc_method_handler(
                     servicer.ForkSession,
                     request_deserializer=flowsvc_dot_v1_dot_session__service__pb2.ForkSessionRequest.FromString,
@@ -254,8 +281,8 @@ class SessionService:
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     @staticmethod
@@ -437,6 +464,33 @@ class SessionService:
             '/flowsvc.v1.SessionService/WatchSession',
             flowsvc_dot_v1_dot_session__service__pb2.WatchSessionRequest.SerializeToString,
             flowsvc_dot_v1_dot_resources__pb2.RunEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSessionBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flowsvc.v1.SessionService/WatchSessionBatches',
+            flowsvc_dot_v1_dot_session__service__pb2.WatchSessionBatchesRequest.SerializeToString,
+            flowsvc_dot_v1_dot_resources__pb2.RunEventBatch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,8 +38,8 @@ class SessionServiceStub:
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     @_typing.overload
@@ -80,6 +80,19 @@ class SessionServiceStub:
     RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
     that stopped reading or fell behind: resume with after_seq).
     """
+    WatchSessionBatches: _grpc.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionBatchesRequest, _resources_pb2.RunEventBatch]
+    """WatchSession's events, several to a message: exactly the events WatchSession sends for
+    the same request, in the same order (STEP_DELTAs among them), grouped as the server
+    takes them: a page of the replay, or what was committed (or streamed as deltas) together
+    since the last message. A message holds at least one event and at most about 64 KiB of
+    them (one larger event goes alone). For subscribers that need a run's events at once: a
+    run reaches each of them in a few messages instead of one per event, which costs the
+    server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
+    Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+    RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, counted with
+    WatchSession's, or a subscriber that stopped reading or fell behind: resume with
+    after_seq).
+    """
     ForkSession: _grpc.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _resources_pb2.Session]
     """Forks the session at one of its completed steps into a new session of the same
     organisation and flow (parent_session_id and forked_from_step_id name where it came from).
@@ -113,8 +126,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -152,6 +165,19 @@ class SessionServiceAsyncStub(SessionServiceStub):
     RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
     that stopped reading or fell behind: resume with after_seq).
     """
+    WatchSessionBatches: _aio.UnaryStreamMultiCallable[_session_service_pb2.WatchSessionBatchesRequest, _resources_pb2.RunEventBatch]  # type: ignore[assignment]
+    """WatchSession's events, several to a message: exactly the events WatchSession sends for
+    the same request, in the same order (STEP_DELTAs among them), grouped as the server
+    takes them: a page of the replay, or what was committed (or streamed as deltas) together
+    since the last message. A message holds at least one event and at most about 64 KiB of
+    them (one larger event goes alone). For subscribers that need a run's events at once: a
+    run reaches each of them in a few messages instead of one per event, which costs the
+    server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
+    Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+    RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, counted with
+    WatchSession's, or a subscriber that stopped reading or fell behind: resume with
+    after_seq).
+    """
     ForkSession: _aio.UnaryUnaryMultiCallable[_session_service_pb2.ForkSessionRequest, _resources_pb2.Session]  # type: ignore[assignment]
     """Forks the session at one of its completed steps into a new session of the same
     organisation and flow (parent_session_id and forked_from_step_id name where it came from).
@@ -184,8 +210,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     that do not decode as the request message), RESOURCE_EXHAUSTED (a request over
     max_request_bytes; a QuotaFailure names the limit) and UNAVAILABLE (the database is
     unreachable or the server is draining; the same call can succeed later or on another replica).
-    WatchSession ends with UNAVAILABLE when the server drains; its message names the after_seq
-    to resume from.
+    WatchSession and WatchSessionBatches end with UNAVAILABLE when the server drains; the
+    message names the after_seq to resume from.
     """
 
     @_abc_1.abstractmethod
@@ -262,6 +288,25 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
         RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, or a subscriber
         that stopped reading or fell behind: resume with after_seq).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSessionBatches(
+        self,
+        request: _session_service_pb2.WatchSessionBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_resources_pb2.RunEventBatch], _abc.AsyncIterator[_resources_pb2.RunEventBatch]]:
+        """WatchSession's events, several to a message: exactly the events WatchSession sends for
+        the same request, in the same order (STEP_DELTAs among them), grouped as the server
+        takes them: a page of the replay, or what was committed (or streamed as deltas) together
+        since the last message. A message holds at least one event and at most about 64 KiB of
+        them (one larger event goes alone). For subscribers that need a run's events at once: a
+        run reaches each of them in a few messages instead of one per event, which costs the
+        server much less per event. Seqs, after_seq, limits and the cut-off are WatchSession's.
+        Errors: INVALID_ARGUMENT (empty session_id, negative after_seq), NOT_FOUND,
+        RESOURCE_EXHAUSTED (max_subscribers_per_session streams on the session, counted with
+        WatchSession's, or a subscriber that stopped reading or fell behind: resume with
+        after_seq).
         """
 
     @_abc_1.abstractmethod

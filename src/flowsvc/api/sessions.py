@@ -8,6 +8,7 @@ from google.protobuf import empty_pb2
 
 from flowsvc.api.convert import (
     customer_from_pb,
+    event_batches,
     message_from_pb,
     session_status_from_pb,
     session_to_pb,
@@ -104,6 +105,16 @@ class SessionServicer(svc_grpc.SessionServiceServicer):
             current_principal().organisation_id, request.session_id, request.after_seq
         )
         await send_batches(context, events, self._write_timeout, request.after_seq)
+
+    async def WatchSessionBatches(  # type: ignore[override]
+        self, request: svc.WatchSessionBatchesRequest, context: Context
+    ) -> None:
+        events = self._sessions.watch(
+            current_principal().organisation_id, request.session_id, request.after_seq
+        )
+        await send_batches(
+            context, events, self._write_timeout, request.after_seq, encode=event_batches
+        )
 
     async def ForkSession(self, request: svc.ForkSessionRequest, context: Context) -> pb.Session:
         fork = ForkRequest(

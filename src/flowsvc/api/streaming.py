@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from flowsvc.api.convert import event_bytes
@@ -12,6 +12,15 @@ from flowsvc.domain.errors import ResourceExhausted
 from flowsvc.domain.runs import RunEvent
 
 _STALLED = "flowsvc: subscriber stopped reading"
+
+# A list of events as the messages of a stream: each message's bytes and the index in the
+# list just past its last event.
+Encode = Callable[[list[RunEvent]], list[tuple[bytes, int]]]
+
+
+def one_per_message(events: list[RunEvent]) -> list[tuple[bytes, int]]:
+    """A RunEvent per message (WatchSession, WatchRun, StreamRunFlow)."""
+    return [(event_bytes(e), i) for i, e in enumerate(events, 1)]
 
 
 async def send_events(
@@ -34,13 +43,15 @@ async def send_batches(
     batches: AsyncIterator[list[RunEvent]],
     write_timeout: float,
     after_seq: int = 0,
+    encode: Encode = one_per_message,
 ) -> None:
-    """Write the events of each list, encoded once for all subscribers, in one tight loop; a
-    subscriber that makes no progress for `write_timeout` while a write waits on it ends the
-    stream with RESOURCE_EXHAUSTED and the seq to resume after.
+    """Write the messages `encode` makes of each list (from events encoded once for all
+    subscribers) in one tight loop; a subscriber that makes no progress for `write_timeout`
+    while a write waits on it ends the stream with RESOURCE_EXHAUSTED and the seq to resume
+    after: that of the last event of the last message written whole.
 
     One timer per stream watches the writes (not a task and a timer per write: a stream to
-    hundreds of subscribers writes tens of thousands of events a second); the writes count
+    hundreds of subscribers writes tens of thousands of messages a second); the writes count
     as sent messages in bulk, per list."""
     loop = asyncio.get_running_loop()
     stream = asyncio.current_task()
@@ -49,6 +60,7 @@ async def send_batches(
     last = after_seq  # the seq of the last event written whole
     session_id = ""
     batch: list[RunEvent] = []
+    messages: list[tuple[bytes, int]] = []
     written = 0  # writes completed, ever: the timer's measure of progress
     counted = 0  # of those, counted as sent messages (per list, and the rest at the end)
     batch_start = 0  # `written` when the current list began
@@ -77,7 +89,8 @@ async def send_batches(
             session_id = batch[0].session_id
             batch_start = written
             writing = True
-            for data in [event_bytes(e) for e in batch]:
+            messages = encode(batch)
+            for data, _ in messages:
                 await write(data)
                 written += 1
             writing = False
@@ -89,7 +102,8 @@ async def send_batches(
         if not stalled or stream is None:
             raise
         stream.uncancel()
-        last = _last_seq(batch[: written - batch_start], last)
+        whole = written - batch_start  # messages of this list written whole
+        last = _last_seq(batch[: messages[whole - 1][1]], last) if whole else last
         raise ResourceExhausted(
             f"subscriber stopped reading for {write_timeout:g}s; resume with after_seq={last}",
             subject=f"sessions/{session_id}",

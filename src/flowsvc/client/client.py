@@ -136,7 +136,29 @@ class Client(Rpcs):
     async def _follow(
         self, request: Message, after_seq: int, timeout: float | None
     ) -> AsyncGenerator[pb.RunEvent, None]:
-        """Follow an event stream, reconnecting from the last seq seen until it ends.
+        messages = self._resume(request, after_seq, timeout)
+        try:
+            async for events in messages:
+                for event in events:
+                    yield event
+        finally:
+            await messages.aclose()
+
+    async def _follow_batches(
+        self, request: Message, after_seq: int, timeout: float | None
+    ) -> AsyncGenerator[list[pb.RunEvent], None]:
+        messages = self._resume(request, after_seq, timeout)
+        try:
+            async for events in messages:
+                yield events
+        finally:
+            await messages.aclose()
+
+    async def _resume(
+        self, request: Message, after_seq: int, timeout: float | None
+    ) -> AsyncGenerator[list[pb.RunEvent], None]:
+        """Follow an event stream, reconnecting from the last seq seen until it ends: the new
+        events of each message (a RunEvent, or a RunEventBatch's events), in a list.
 
         Seqs are per session, gapless and increasing, so `seq <= last` is an event already
         delivered (a replay overlapping the live tail after a reconnect) and is dropped; STEP_DELTA
@@ -149,20 +171,25 @@ class Client(Rpcs):
         run_id = ""
         failures = 0
         received = False
+        batched = isinstance(request, ss.WatchSessionBatchesRequest)
         while True:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 raise FlowsvcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
             call = self._open(request, run_id, last, remaining)
             try:
-                async for event in call:
+                async for message in call:
                     failures, received = 0, True
-                    run_id = run_id or event.run_id
-                    if event.seq:
-                        if event.seq <= last:
-                            continue
-                        last = event.seq
-                    yield event
+                    fresh: list[pb.RunEvent] = []
+                    for event in message.events if batched else (message,):
+                        run_id = run_id or event.run_id
+                        if event.seq:
+                            if event.seq <= last:
+                                continue
+                            last = event.seq
+                        fresh.append(event)
+                    if fresh:
+                        yield fresh
                 return
             except grpc.aio.AioRpcError as exc:
                 error = from_rpc_error(exc)
@@ -180,15 +207,19 @@ class Client(Rpcs):
             await asyncio.sleep(delay)
 
     def _open(self, request: Message, run_id: str, last: int, timeout: float | None) -> Any:
+        response: type[Message] = pb.RunEvent
         if isinstance(request, ss.WatchSessionRequest):
             method, request = _SS + "WatchSession", _with_seq(request, last)
+        elif isinstance(request, ss.WatchSessionBatchesRequest):
+            method, request = _SS + "WatchSessionBatches", _with_seq(request, last)
+            response = pb.RunEventBatch
         elif isinstance(request, frs.WatchRunRequest):
             method, request = _FR + "WatchRun", _with_seq(request, last)
         elif run_id:
             method, request = _FR + "WatchRun", frs.WatchRunRequest(run_id=run_id, after_seq=last)
         else:
             method = _FR + "StreamRunFlow"
-        return self._callable(method, pb.RunEvent, streaming=True)(
+        return self._callable(method, response, streaming=True)(
             request, timeout=timeout, metadata=self._metadata
         )
 

@@ -2,9 +2,10 @@
 fields as keyword arguments and returning the generated response messages.
 
 This module is the only one that knows method paths and request types (as the service module
-of Temporal's SDK); `Client` supplies the transport (`_unary`, `_follow`): retries, deadlines,
-resumption. `safe=True` marks the calls that may be sent twice: reads, and writes carrying a
-request_id (filled in here when the caller gives none, so a retry is recognised as one).
+of Temporal's SDK); `Client` supplies the transport (`_unary`, `_follow`, `_follow_batches`):
+retries, deadlines, resumption. `safe=True` marks the calls that may be sent twice: reads, and
+writes carrying a request_id (filled in here when the caller gives none, so a retry is
+recognised as one).
 WebhookService and ScheduleService are in rpcs_outbound.py, a mixin of `Rpcs`.
 """
 
@@ -50,6 +51,11 @@ class Rpcs(OutboundRpcs):
     def _follow(
         self, request: Message, after_seq: int, timeout: float | None
     ) -> AsyncGenerator[pb.RunEvent, None]:
+        raise NotImplementedError
+
+    def _follow_batches(
+        self, request: Message, after_seq: int, timeout: float | None
+    ) -> AsyncGenerator[list[pb.RunEvent], None]:
         raise NotImplementedError
 
     # -- LiveFlowService ------------------------------------------------------------------
@@ -261,6 +267,15 @@ class Rpcs(OutboundRpcs):
     ) -> AsyncGenerator[pb.RunEvent, None]:
         """Every event of the session after `after_seq`, then live ones, resuming by itself."""
         return self._follow(ss.WatchSessionRequest(session_id=session_id), after_seq, timeout)
+
+    def watch_session_batches(
+        self, session_id: str, after_seq: int = 0, *, timeout: float | None = None
+    ) -> AsyncGenerator[list[pb.RunEvent], None]:
+        """`watch_session`'s events, in the lists the server sends them in (a replay page, or
+        what was committed together): for subscribers that act on a run's events at once.
+        Never an empty list; resumes by itself, as watch_session does."""
+        request = ss.WatchSessionBatchesRequest(session_id=session_id)
+        return self._follow_batches(request, after_seq, timeout)
 
     # -- FlowRunService -------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The one place where protobuf messages become domain records and back: flow definitions
 (`flows`), and live flows, sessions, runs, events and evaluation jobs (`records`)."""
 
+from flowsvc.api.convert.batches import event_batches
 from flowsvc.api.convert.flows import (
     graph_from_pb,
     step_from_pb,
@@ -33,6 +34,7 @@ __all__ = [
     "datetime_from_pb",
     "dict_to_struct",
     "eval_job_to_pb",
+    "event_batches",
     "event_bytes",
     "event_to_pb",
     "flow_to_pb",

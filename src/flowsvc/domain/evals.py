@@ -190,9 +190,13 @@ class Evaluations:
             job.status = EvalJobStatus.ERROR
         job.finished_at = self._clock()
         self._telemetry.eval_job_finished(job.status.value)
-        await self._store.save_job(job, new=False)
+        # The run's EVAL_COMPLETED (carrying the finished job) is committed before the job is
+        # saved as finished: whoever sees the job finished finds the event too, and a crash in
+        # between leaves the job to resume (and announce itself again), never finished with
+        # its event lost.
         if self.on_finished is not None:
             await self.on_finished(job)
+        await self._store.save_job(job, new=False)
         self._finished.pop(job.id, None)
         done.set_result(job)
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowsvc.domain.runs import Journal, RunEvent, Session
-from flowsvc.store.run_codec import event_row, message_row, run_row, session_row, step_row
+from flowsvc.store.event_codec import event_row
+from flowsvc.store.run_codec import message_row, run_row, session_row, step_row
 
 MAX_JOURNALS_PER_COMMIT = 256
 _TABLES = ("sessions", "runs", "steps")

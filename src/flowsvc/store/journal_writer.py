@@ -40,6 +40,7 @@ from flowsvc.store.database import (
     now_ms_sql,
     takes_a_request_id,
 )
+from flowsvc.store.event_codec import payload_text
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
@@ -88,12 +89,7 @@ class _Statement:
         self.plan = []
         for name in names:
             key = name.removeprefix("v_")
-            kind = columns[key].type
-            if isinstance(kind, UTCDateTime):
-                processor = kind.fast_bind_processor(dialect)
-            else:
-                processor = kind.dialect_impl(dialect).bind_processor(dialect)
-            self.plan.append((name, key, processor))
+            self.plan.append((name, key, _bind(columns[key], dialect)))
 
         self._copy: tuple[str, list[tuple[str, Any]]] | None = None
 
@@ -107,8 +103,7 @@ class _Statement:
             if isinstance(column.type, UTCDateTime):
                 order.append((column.name, _naive_utc))
             else:
-                processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-                order.append((column.name, processor))
+                order.append((column.name, _bind(column, dialect)))
         names = ", ".join(name for name, _ in order)
         self._copy = (f"COPY {table.name} ({names}) FROM STDIN", order)
 
@@ -127,6 +122,17 @@ class _Statement:
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row([p(row[k]) if p else row[k] for k, p in order])
+
+
+def _bind(column: Any, dialect: Any) -> Any:
+    """What turns a row's value into the driver's parameter for the column."""
+    if column.table is events and column.name == "payload":
+        # Event payloads come as the values the engine froze: encoded here, in one C call.
+        return payload_text
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return kind.fast_bind_processor(dialect)
+    return kind.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:

@@ -41,7 +41,7 @@ from flowsvc.store.database import (
     now_ms_sql,
     takes_a_request_id,
 )
-from flowsvc.store.event_codec import payload_text
+from flowsvc.store.event_codec import event_row, payload_text
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
@@ -279,10 +279,13 @@ class JournalWriter:
         requeue: list[str] = []
 
         def write(conn: Connection) -> None:
-            # The batch's rows are merged here, on the writer's thread, not on the event loop:
-            # rows are values encoded at record time, never changed after.
+            # The batch's rows are merged, and its events' rows made, here on the writer's
+            # thread, not on the event loop: record rows are values taken at record time and
+            # events hold frozen values; neither changes after.
             inserts, updates = merge_rows(batch)
-            new_events = [pair for rows in batch for pair in rows.events]
+            for rows in batch:
+                rows.event_rows = [event_row(e) for e in rows.events]
+            new_events = [row for rows in batch for row in rows.event_rows]
             releases = [rows.release for rows in batch if rows.release is not None]
             deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
             new_messages = [row for rows in batch for row in rows.messages]
@@ -290,10 +293,10 @@ class JournalWriter:
                 if inserts[name]:
                     self._insert_sql[name].insert(conn, inserts[name].values())
             if new_events:
-                self._allocate_seqs(conn, [row for _, row in new_events])
-                self._insert_sql["events"].insert(conn, [r for _, r in new_events])
+                self._allocate_seqs(conn, new_events)
+                self._insert_sql["events"].insert(conn, new_events)
                 for hook in self.in_commit:
-                    hook(conn, [r for _, r in new_events])
+                    hook(conn, new_events)
             if deleted_steps:
                 marks = ", ".join(self._placeholder for _ in deleted_steps)
                 conn.exec_driver_sql(
@@ -327,11 +330,11 @@ class JournalWriter:
             self.on_batch(len(batch), time.perf_counter() - started)
         touched: set[str] = set()
         for rows in batch:
-            for event, row in rows.events:
+            for event, row in zip(rows.events, rows.event_rows, strict=True):
                 event.seq = row["seq"]
                 touched.add(event.session_id)
-            if rows.session is not None and rows.events:
-                rows.session.last_seq = max(rows.session.last_seq, rows.events[-1][1]["seq"])
+            if rows.session is not None and rows.event_rows:
+                rows.session.last_seq = max(rows.session.last_seq, rows.event_rows[-1]["seq"])
         for listener in self.on_committed:
             listener(touched)
         if requeue and self.on_requeue is not None:

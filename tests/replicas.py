@@ -26,6 +26,7 @@ import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from flowsvc.store.event_codec import STEP_FIELDS
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.fake_openai import FakeOpenAI
@@ -203,7 +204,9 @@ def assert_each_step_once(url: str, session_id: str, steps_per_run: int) -> None
         assert kinds["RUN_STARTED"] == 1, (run_id, kinds)
         assert kinds["RUN_COMPLETED"] == 1, (run_id, kinds)
         assert kinds["RUN_FAILED"] == kinds["RUN_CANCELLED"] == 0, (run_id, kinds)
-        completed = Counter(e[3]["step"]["step_id"] for e in mine if e[1] == "STEP_COMPLETED")
+        completed = Counter(
+            e[3]["s"][STEP_FIELDS.index("step")] for e in mine if e[1] == "STEP_COMPLETED"
+        )
         assert len(completed) == steps_per_run, (run_id, completed)
         assert set(completed.values()) == {1}, (run_id, completed)
         assert mine[-1][1] == "RUN_COMPLETED", (run_id, [e[1] for e in mine])

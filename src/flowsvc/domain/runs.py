@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from flowsvc.domain.model import Step
@@ -133,7 +134,7 @@ class SessionStep:
     input_request_id: str = ""
 
     def snapshot(self) -> SessionStep:
-        return SessionStep(**{f: getattr(self, f) for f in self.__slots__})
+        return SessionStep(*_STEP_VALUES(self))
 
 
 @dataclass(slots=True)
@@ -214,27 +215,123 @@ class FlowRun:
     webhook_url: str = ""
 
     def snapshot(self) -> FlowRun:
-        copy = FlowRun(**{f: getattr(self, f) for f in self.__slots__})
+        copy = FlowRun(*_RUN_VALUES(self))
         copy.steps = [s.snapshot() for s in self.steps]
         return copy
 
 
-@dataclass(slots=True)
+# A record's field values in field order, taken in one C call: an event freezes the step or
+# run it reports this way (all values immutable but the messages and dicts, shared as a
+# snapshot shares them), and the record is rebuilt with Class(*values) only if it is read.
+_STEP_VALUES = attrgetter(*SessionStep.__slots__)
+_RUN_VALUES = attrgetter(*FlowRun.__slots__)
+_MESSAGE_VALUES = attrgetter(*Message.__slots__)
+RUN_STEPS = FlowRun.__slots__.index("steps")
+RUN_USER_MESSAGE = FlowRun.__slots__.index("user_message")
+RUN_AI_MESSAGE = FlowRun.__slots__.index("ai_message")
+
+
+def step_values(step: SessionStep) -> tuple[Any, ...]:
+    """The step's values now, in SessionStep's field order."""
+    return _STEP_VALUES(step)
+
+
+def run_values(run: FlowRun) -> tuple[Any, ...]:
+    """The run's values now, in FlowRun's field order; its steps and messages as values too
+    (a run goes on changing its steps and may change its messages after the event)."""
+    values = list(_RUN_VALUES(run))
+    values[RUN_STEPS] = tuple(map(_STEP_VALUES, run.steps))
+    for i in (RUN_USER_MESSAGE, RUN_AI_MESSAGE):
+        if values[i] is not None:
+            values[i] = _MESSAGE_VALUES(values[i])
+    return tuple(values)
+
+
+def run_of_values(values: tuple[Any, ...]) -> FlowRun:
+    run = FlowRun(*values)
+    run.steps = [SessionStep(*s) for s in values[RUN_STEPS]]
+    if values[RUN_USER_MESSAGE] is not None:
+        run.user_message = Message(*values[RUN_USER_MESSAGE])
+    if values[RUN_AI_MESSAGE] is not None:
+        run.ai_message = Message(*values[RUN_AI_MESSAGE])
+    return run
+
+
 class RunEvent:
-    seq: int  # 0 for live-only STEP_DELTA
-    session_id: str
-    run_id: str
-    organisation_id: str
-    type: EventType
-    time: datetime
-    step: SessionStep | None = None
-    run: FlowRun | None = None
-    delta: str = ""
-    session_step_id: str = ""
-    eval_job: Any = None  # the EvalJob on EVAL_COMPLETED
-    # Let the API layer encode a published event once for every subscriber.
-    encoded: Any = None
-    encoded_bytes: bytes | None = None
+    """An event of a run. The step or run it reports is given either as a record or as its
+    frozen values (`step_values`, `run_values`: what the engine takes, cheaply, at the moment
+    of the event); the record is made from the values only when someone reads it (a live
+    subscriber), and the store encodes the values as they are."""
+
+    __slots__ = (
+        "_run",
+        "_step",
+        "delta",
+        "encoded",
+        "encoded_bytes",
+        "eval_job",
+        "organisation_id",
+        "run_id",
+        "run_values",
+        "seq",
+        "session_id",
+        "session_step_id",
+        "step_values",
+        "time",
+        "type",
+    )
+
+    def __init__(
+        self,
+        seq: int,  # 0 for live-only STEP_DELTA
+        session_id: str,
+        run_id: str,
+        organisation_id: str,
+        type: EventType,
+        time: datetime,
+        step: SessionStep | None = None,
+        run: FlowRun | None = None,
+        delta: str = "",
+        session_step_id: str = "",
+        eval_job: Any = None,  # the EvalJob on EVAL_COMPLETED
+        *,
+        step_values: tuple[Any, ...] | None = None,
+        run_values: tuple[Any, ...] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.session_id = session_id
+        self.run_id = run_id
+        self.organisation_id = organisation_id
+        self.type = type
+        self.time = time
+        self._step = step
+        self._run = run
+        self.step_values = step_values
+        self.run_values = run_values
+        self.delta = delta
+        self.session_step_id = session_step_id
+        self.eval_job = eval_job
+        # Let the API layer encode a published event once for every subscriber.
+        self.encoded: Any = None
+        self.encoded_bytes: bytes | None = None
+
+    @property
+    def step(self) -> SessionStep | None:
+        if self._step is None and self.step_values is not None:
+            self._step = SessionStep(*self.step_values)
+        return self._step
+
+    @property
+    def run(self) -> FlowRun | None:
+        if self._run is None and self.run_values is not None:
+            self._run = run_of_values(self.run_values)
+        return self._run
+
+    def __repr__(self) -> str:
+        return (
+            f"RunEvent(seq={self.seq}, session_id={self.session_id!r}, run_id={self.run_id!r}, "
+            f"type={self.type.value})"
+        )
 
 
 @dataclass(slots=True)

@@ -1,7 +1,8 @@
 """A journal as the row values the writer commits, and which journals commit together.
 
-Rows are encoded when a journal is recorded (the engine may go on changing its records);
-a batch merges them so that each row is written once, in its last state.
+Rows of sessions, runs, steps and messages are encoded when a journal is recorded (the engine
+may go on changing its records); events carry their values frozen, and their rows are made on
+the writer's thread. A batch merges rows so that each is written once, in its last state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowsvc.domain.runs import Journal, RunEvent, Session
-from flowsvc.store.run_codec import event_row, message_row, run_row, session_row, step_row
+from flowsvc.store.run_codec import message_row, run_row, session_row, step_row
 
 MAX_JOURNALS_PER_COMMIT = 256
 _TABLES = ("sessions", "runs", "steps")
@@ -24,7 +25,10 @@ class JournalRows:
 
     inserts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     updates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    events: list[tuple[RunEvent, dict[str, Any]]] = field(default_factory=list)
+    # The events themselves (what they report is frozen in them); their rows are made by the
+    # writer's thread, in the transaction that gives them their seqs.
+    events: list[RunEvent] = field(default_factory=list)
+    event_rows: list[dict[str, Any]] = field(default_factory=list)
     release: tuple[str, int] | None = None
     session: Session | None = None
     deleted_steps: list[str] = field(default_factory=list)
@@ -53,7 +57,7 @@ class JournalRows:
                 "runs": [run_row(r) for r in journal.runs],
                 "steps": [step_row(s) for s in journal.steps],
             },
-            events=[(e, event_row(e)) for e in journal.events],
+            events=list(journal.events),
             release=(journal.session.id, journal.epoch)
             if journal.release and journal.session is not None
             else None,

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import bindparam, false, literal_column, update
@@ -40,6 +41,7 @@ from flowsvc.store.database import (
     now_ms_sql,
     takes_a_request_id,
 )
+from flowsvc.store.event_codec import event_row, payload_text
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
 from flowsvc.store.tables import (
     FlowRunRow,
@@ -84,49 +86,66 @@ class _Statement:
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
         self.positional = bool(compiled.positional)
-        names = list(compiled.positiontup or compiled.bind_names.values())
-        self.plan = []
-        for name in names:
-            key = name.removeprefix("v_")
-            kind = columns[key].type
-            if isinstance(kind, UTCDateTime):
-                processor = kind.fast_bind_processor(dialect)
-            else:
-                processor = kind.dialect_impl(dialect).bind_processor(dialect)
-            self.plan.append((name, key, processor))
-
-        self._copy: tuple[str, list[tuple[str, Any]]] | None = None
+        self.names = list(compiled.positiontup or compiled.bind_names.values())
+        keys = [name.removeprefix("v_") for name in self.names]
+        self._values = _Values(keys, [_bind(columns[key], dialect) for key in keys])
+        self._copy: tuple[str, _Values] | None = None
 
     def copy_on_postgresql(self, table: Any, dialect: Any) -> None:
         """Insert with COPY: psycopg's executemany costs Python work per row (a run inserts
         ~19 rows, most of them events and steps); COPY writes rows in its C loop."""
         if dialect.name != "postgresql":
             return
-        order: list[tuple[str, Any]] = []
-        for column in table.c:
-            if isinstance(column.type, UTCDateTime):
-                order.append((column.name, _naive_utc))
-            else:
-                processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-                order.append((column.name, processor))
-        names = ", ".join(name for name, _ in order)
-        self._copy = (f"COPY {table.name} ({names}) FROM STDIN", order)
+        names = [column.name for column in table.c]
+        binds = [
+            _naive_utc if isinstance(column.type, UTCDateTime) else _bind(column, dialect)
+            for column in table.c
+        ]
+        self._copy = (f"COPY {table.name} ({', '.join(names)}) FROM STDIN", _Values(names, binds))
 
     def params(self, rows: Any) -> list[Any]:
-        plan = self.plan
+        values = self._values
         if self.positional:
-            return [tuple(p(row[k]) if p else row[k] for _, k, p in plan) for row in rows]
-        return [{n: p(row[k]) if p else row[k] for n, k, p in plan} for row in rows]
+            return [values.of(row) for row in rows]
+        names = self.names
+        return [dict(zip(names, values.of(row), strict=True)) for row in rows]
 
     def insert(self, conn: Connection, rows: Any) -> None:
         if self._copy is None:
             conn.exec_driver_sql(self.sql, self.params(rows))
             return
-        sql, order = self._copy
+        sql, values = self._copy
         raw: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
             for row in rows:
-                copy.write_row([p(row[k]) if p else row[k] for k, p in order])
+                copy.write_row(values.of(row))
+
+
+class _Values:
+    """A row's values for some keys, in order, each through its bind processor if it has one:
+    taken in one C call (itemgetter), only the processed ones touched one by one (a run
+    writes ~270 values, most of them strings and numbers the driver takes as they are)."""
+
+    def __init__(self, keys: list[str], binds: list[Any]) -> None:
+        self._get = itemgetter(*keys) if len(keys) > 1 else lambda row: (row[keys[0]],)
+        self._binds = [(i, bind) for i, bind in enumerate(binds) if bind is not None]
+
+    def of(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        values = list(self._get(row))
+        for i, bind in self._binds:
+            values[i] = bind(values[i])
+        return tuple(values)  # the driver's executemany takes tuples only
+
+
+def _bind(column: Any, dialect: Any) -> Any:
+    """What turns a row's value into the driver's parameter for the column."""
+    if column.table is events and column.name == "payload":
+        # Event payloads come as the values the engine froze: encoded here, in one C call.
+        return payload_text
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return kind.fast_bind_processor(dialect)
+    return kind.dialect_impl(dialect).bind_processor(dialect)
 
 
 def _naive_utc(value: datetime | None) -> datetime | None:
@@ -257,22 +276,27 @@ class JournalWriter:
                     future.set_result(None)
 
     async def _commit(self, batch: Sequence[JournalRows]) -> None:
-        inserts, updates = merge_rows(batch)
-        new_events = [pair for rows in batch for pair in rows.events]
-        releases = [rows.release for rows in batch if rows.release is not None]
-        deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
-        new_messages = [row for rows in batch for row in rows.messages]
         requeue: list[str] = []
 
         def write(conn: Connection) -> None:
+            # The batch's rows are merged, and its events' rows made, here on the writer's
+            # thread, not on the event loop: record rows are values taken at record time and
+            # events hold frozen values; neither changes after.
+            inserts, updates = merge_rows(batch)
+            for rows in batch:
+                rows.event_rows = [event_row(e) for e in rows.events]
+            new_events = [row for rows in batch for row in rows.event_rows]
+            releases = [rows.release for rows in batch if rows.release is not None]
+            deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
+            new_messages = [row for rows in batch for row in rows.messages]
             for name in ("sessions", "runs", "steps"):
                 if inserts[name]:
                     self._insert_sql[name].insert(conn, inserts[name].values())
             if new_events:
-                self._allocate_seqs(conn, [row for _, row in new_events])
-                self._insert_sql["events"].insert(conn, [r for _, r in new_events])
+                self._allocate_seqs(conn, new_events)
+                self._insert_sql["events"].insert(conn, new_events)
                 for hook in self.in_commit:
-                    hook(conn, [r for _, r in new_events])
+                    hook(conn, new_events)
             if deleted_steps:
                 marks = ", ".join(self._placeholder for _ in deleted_steps)
                 conn.exec_driver_sql(
@@ -306,11 +330,11 @@ class JournalWriter:
             self.on_batch(len(batch), time.perf_counter() - started)
         touched: set[str] = set()
         for rows in batch:
-            for event, row in rows.events:
+            for event, row in zip(rows.events, rows.event_rows, strict=True):
                 event.seq = row["seq"]
                 touched.add(event.session_id)
-            if rows.session is not None and rows.events:
-                rows.session.last_seq = max(rows.session.last_seq, rows.events[-1][1]["seq"])
+            if rows.session is not None and rows.event_rows:
+                rows.session.last_seq = max(rows.session.last_seq, rows.event_rows[-1]["seq"])
         for listener in self.on_committed:
             listener(touched)
         if requeue and self.on_requeue is not None:

@@ -12,10 +12,8 @@ from flowsvc.domain.model import Step
 from flowsvc.domain.runs import (
     Cost,
     Customer,
-    EventType,
     FlowRun,
     Message,
-    RunEvent,
     RunStatus,
     Session,
     SessionStatus,
@@ -254,91 +252,6 @@ def run_from(r: Any) -> FlowRun:
         scheduled_time=getattr(r, "scheduled_time", None),
         webhook_url=getattr(r, "webhook_url", "") or "",
     )
-
-
-class _Attrs:
-    """Lets a JSON dict stand where a row is read by attribute."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.__dict__.update(data)
-
-
-def _step_payload(s: SessionStep) -> dict[str, Any]:
-    row = step_row(s)
-    row["created_at"] = _iso(s.created_at)
-    row["updated_at"] = _iso(s.updated_at)
-    return row
-
-
-def _step_from_payload(d: dict[str, Any], lookup: StepLookup) -> SessionStep:
-    data = dict(d)
-    data["created_at"] = _when(d["created_at"])
-    data["updated_at"] = _when(d["updated_at"])
-    return step_from(_Attrs(data), lookup)
-
-
-def _run_payload(run: FlowRun) -> dict[str, Any]:
-    row = run_row(run)
-    for key in ("start_time", "end_time", "created_at", "updated_at", "scheduled_time"):
-        row[key] = _iso(row[key])
-    row["steps"] = [_step_payload(s) for s in run.steps]
-    return row
-
-
-def _run_from_payload(d: dict[str, Any], lookup: StepLookup) -> FlowRun:
-    data = dict(d)
-    for key in ("start_time", "end_time", "created_at", "updated_at", "scheduled_time"):
-        data[key] = _when(d.get(key))
-    run = run_from(_Attrs(data))
-    run.steps = [_step_from_payload(s, lookup) for s in d["steps"]]
-    return run
-
-
-def event_row(e: RunEvent) -> dict[str, Any]:
-    payload: dict[str, Any] = {}
-    if e.eval_job is not None:
-        payload["eval_job"] = eval_job_json(e.eval_job)
-    if e.step is not None:
-        payload["step"] = _step_payload(e.step)
-    if e.run is not None:
-        payload["run"] = _run_payload(e.run)
-    return {
-        "session_id": e.session_id,
-        "seq": e.seq,
-        "run_id": e.run_id,
-        "organisation_id": e.organisation_id,
-        "type": e.type.value,
-        "time": e.time,
-        "payload": payload,
-    }
-
-
-def event_from(r: Any, lookup: StepLookup) -> RunEvent:
-    payload = r.payload
-    step = payload.get("step")
-    run = payload.get("run")
-    job = payload.get("eval_job")
-    return RunEvent(
-        eval_job=None if job is None else eval_job_from(job),
-        seq=r.seq,
-        session_id=r.session_id,
-        run_id=r.run_id,
-        organisation_id=r.organisation_id,
-        type=EventType(r.type),
-        time=r.time,
-        step=None if step is None else _step_from_payload(step, lookup),
-        run=None if run is None else _run_from_payload(run, lookup),
-        session_step_id="" if step is None else step["id"],
-    )
-
-
-def version_ids_in(payload: dict[str, Any]) -> set[str]:
-    ids = set()
-    if "step" in payload:
-        ids.add(payload["step"]["flow_version_id"])
-    if "run" in payload:
-        ids.update(s["flow_version_id"] for s in payload["run"]["steps"])
-    return ids
 
 
 def eval_job_row(job: EvalJob) -> dict[str, Any]:

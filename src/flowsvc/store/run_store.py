@@ -24,14 +24,13 @@ from flowsvc.domain.runs import (
     SessionStep,
 )
 from flowsvc.store.database import Database
+from flowsvc.store.event_codec import event_from, version_ids_in
 from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.run_codec import (
-    event_from,
     message_from_row,
     run_from,
     session_from,
     step_from,
-    version_ids_in,
 )
 from flowsvc.store.sql_store import SqlStore, newest_first
 from flowsvc.store.tables import (

@@ -81,11 +81,10 @@ class Outbox:
             # any replica gets every event committed after it, with no cache to go stale.
             matching.append((suffix, name, seq, row["run_id"], created, sid,
                              row["organisation_id"], bit))
-            run = row["payload"].get("run") or {}
-            if row["type"] in RUN_END_EVENTS and run.get("webhook_url"):
+            if row["type"] in RUN_END_EVENTS and row["webhook_url"]:
                 callbacks.append((
                     RUN_CALLBACK + suffix, row["organisation_id"], RUN_CALLBACK,
-                    run["webhook_url"], name, sid, seq, row["run_id"], "PENDING", 0, 0, 0, "",
+                    row["webhook_url"], name, sid, seq, row["run_id"], "PENDING", 0, 0, 0, "",
                     created, None, None, 0,
                 ))
         if matching:

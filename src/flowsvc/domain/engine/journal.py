@@ -33,6 +33,8 @@ from flowsvc.domain.runs import (
     RunStatus,
     Session,
     SessionStep,
+    run_values,
+    step_values,
 )
 from flowsvc.domain.telemetry import NoTelemetry, Telemetry
 from flowsvc.domain.tools import HttpTool, NoHttp
@@ -182,8 +184,9 @@ class EngineCore:
             organisation_id=run.organisation_id,
             type=kind,
             time=self._clock(),
-            step=None if step is None else step.snapshot(),
-            run=run.snapshot() if with_run else None,
+            # Frozen values, not records: a record is made only if a subscriber reads it.
+            step_values=None if step is None else step_values(step),
+            run_values=run_values(run) if with_run else None,
             session_step_id="" if step is None else step.id,
         )
 

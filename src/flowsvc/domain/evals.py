@@ -195,7 +195,10 @@ class Evaluations:
         # between leaves the job to resume (and announce itself again), never finished with
         # its event lost.
         if self.on_finished is not None:
-            await self.on_finished(job)
+            try:
+                await self.on_finished(job)
+            except Exception:  # saved finished anyway: a waiter must not hang on it
+                log.exception("EVAL_COMPLETED not recorded", extra={"job_id": job.id})
         await self._store.save_job(job, new=False)
         self._finished.pop(job.id, None)
         done.set_result(job)

@@ -19,6 +19,7 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from flowsvc.domain.errors import Unavailable
@@ -125,6 +126,8 @@ def unavailable_when_unreachable() -> Iterator[None]:
         raise
     except (ConnectionError, psycopg.OperationalError) as exc:
         raise Unavailable("the database is unavailable; try again") from exc
+    except PoolTimeout as exc:  # every connection busy for the pool's whole timeout
+        raise Unavailable("the database has no connection free; try again") from exc
 
 
 class Database:
@@ -250,12 +253,13 @@ class Database:
                 # At most as many reads as connections (and threads): a read that holds a
                 # connection always finds a thread for its next statement, never one blocked
                 # in the pool waiting for a connection.
-                async with self._read_slots:
-                    threaded = ThreadedRead(self._sync_reader, self._read_threads)
-                    try:
-                        yield threaded
-                    finally:
-                        threaded.close()
+                slots = self._read_slots
+                await slots.acquire()
+                threaded = ThreadedRead(self._sync_reader, self._read_threads, slots.release)
+                try:
+                    yield threaded
+                finally:
+                    threaded.close()  # frees the slot once the connection is back
                 return
             assert self.reader is not None
             async with self.reader.connect() as conn:

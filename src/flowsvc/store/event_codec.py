@@ -41,7 +41,7 @@ from flowsvc.store.run_codec import (
 
 # The order of the stored arrays: the records' field order when they were written. A change of
 # SessionStep, FlowRun or Message fields needs a new payload key, or old rows misread
-# (tests/store/test_event_codec.py holds these to the records).
+# (tests/store/test_event_rows.py holds these to the records).
 STEP_FIELDS = (
     "id", "session_id", "run_id", "organisation_id", "position", "flow_version_id", "step",
     "status", "created_at", "updated_at", "prompt", "result", "error", "user_input",

@@ -12,6 +12,7 @@ thread; the loop gets a finished result.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -28,9 +29,12 @@ class ThreadedRead:
     """One read's connection, checked out on first use (on a reader thread: opening one
     runs the pragmas, which may wait) and given back at the end of the read."""
 
-    def __init__(self, engine: Engine, threads: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, engine: Engine, threads: ThreadPoolExecutor, returned: Callable[[], None]
+    ) -> None:
         self._engine = engine
         self._threads = threads
+        self._returned = returned  # called on the loop once the connection is back
         self._conn: Connection | None = None
         self._last: Future[Any] | None = None
 
@@ -46,12 +50,20 @@ class ThreadedRead:
 
     def close(self) -> None:
         """Give the connection back; a statement still running (its reader was cancelled)
-        gives it back when it ends, on its thread."""
+        gives it back when it ends, on its thread, and only then is the read's slot free: a
+        read admitted meanwhile would wait in the pool on a reader thread."""
         last = self._last
         if last is not None and not last.done():
-            last.add_done_callback(lambda _: self._give_back())
+            loop = asyncio.get_running_loop()
+
+            def ended(_: Future[Any]) -> None:
+                self._give_back()
+                loop.call_soon_threadsafe(self._returned)
+
+            last.add_done_callback(ended)
         else:
             self._give_back()
+            self._returned()
 
     def _give_back(self) -> None:
         # Nothing to reset: the connection reads in autocommit (no transaction is open).

@@ -4,6 +4,7 @@ run, expire it, record an evaluation's outcome, delete it."""
 from __future__ import annotations
 
 import asyncio
+import copy
 
 from flowsvc.domain.engine.journal import TERMINAL_RUN, EngineCore, RunContext
 from flowsvc.domain.engine.session_registry import SessionState
@@ -186,7 +187,8 @@ class SessionOperations(EngineCore):
             organisation_id=run.organisation_id,
             type=EventType.EVAL_COMPLETED,
             time=self._clock(),
-            eval_job=job,
+            # As it is now: the event's row is encoded later, on the writer's thread.
+            eval_job=copy.deepcopy(job),
         )
         try:
             await self._record(Journal(events=[event]))

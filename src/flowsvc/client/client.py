@@ -136,7 +136,7 @@ class Client(Rpcs):
     async def _follow(
         self, request: Message, after_seq: int, timeout: float | None
     ) -> AsyncGenerator[pb.RunEvent, None]:
-        messages = self._resume(request, after_seq, timeout)
+        messages = self._follow_batches(request, after_seq, timeout)
         try:
             async for events in messages:
                 for event in events:
@@ -145,16 +145,6 @@ class Client(Rpcs):
             await messages.aclose()
 
     async def _follow_batches(
-        self, request: Message, after_seq: int, timeout: float | None
-    ) -> AsyncGenerator[list[pb.RunEvent], None]:
-        messages = self._resume(request, after_seq, timeout)
-        try:
-            async for events in messages:
-                yield events
-        finally:
-            await messages.aclose()
-
-    async def _resume(
         self, request: Message, after_seq: int, timeout: float | None
     ) -> AsyncGenerator[list[pb.RunEvent], None]:
         """Follow an event stream, reconnecting from the last seq seen until it ends: the new

@@ -90,6 +90,17 @@ class _Statement:
         keys = [name.removeprefix("v_") for name in self.names]
         self._values = _Values(keys, [_bind(columns[key], dialect) for key in keys])
         self._copy: tuple[str, _Values] | None = None
+        self._many: tuple[str, str, int] | None = None
+
+    def many_rows_on_sqlite(self, dialect: Any) -> None:
+        """Insert with one multi-row VALUES statement: the sqlite3 module lets go of the GIL
+        around every row an executemany steps, and under load each one costs the writer a
+        wait for the event loop to hand it back (a run's ~20 rows took ~20 such waits)."""
+        if dialect.name != "sqlite" or not self.positional:
+            return
+        head, _, row = self.sql.partition(" VALUES ")
+        # A statement's parameters stay within SQLite's default limit (32,766).
+        self._many = (f"{head} VALUES ", row, max(1, 32_766 // len(self.names)))
 
     def copy_on_postgresql(self, table: Any, dialect: Any) -> None:
         """Insert with COPY: psycopg's executemany costs Python work per row (a run inserts
@@ -111,12 +122,21 @@ class _Statement:
         return [dict(zip(names, values.of(row), strict=True)) for row in rows]
 
     def insert(self, conn: Connection, rows: Any) -> None:
+        if self._many is not None:
+            head, row, most = self._many
+            of = self._values.of
+            params = [of(r) for r in rows]
+            raw: Any = conn.connection.dbapi_connection  # sqlite3's, in this transaction
+            for start in range(0, len(params), most):
+                chunk = params[start : start + most]
+                raw.execute(head + ", ".join([row] * len(chunk)), [v for p in chunk for v in p])
+            return
         if self._copy is None:
             conn.exec_driver_sql(self.sql, self.params(rows))
             return
         sql, values = self._copy
-        raw: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+        pg: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
+        with pg.cursor() as cursor, cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row(values.of(row))
 
@@ -166,6 +186,7 @@ def _statements(
         if name == "sessions":
             written["lease_expires_ms"] = expires  # a new session is leased to its creator
         inserts[name] = _Statement(table.insert().values(written), dialect, columns)
+        inserts[name].many_rows_on_sqlite(dialect)
         if name in ("events", "steps", "messages"):
             inserts[name].copy_on_postgresql(table, dialect)
         if name not in ("events", "messages"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -36,11 +37,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         if dialect.name != "sqlite":
             return self.dialect_impl(dialect).bind_processor(dialect)
 
+        dumps = orjson.dumps
+
         def process(value: datetime | None) -> str | None:
             if value is None:
                 return None
             if value.tzinfo is not UTC:
                 value = value.astimezone(UTC)
+            # orjson's RFC 3339 text, cut to SQLite's form: a third of isoformat's cost
+            # after replace (a run binds ~40 of these). Whole seconds it writes without a
+            # fraction: those take the slow path.
+            raw = dumps(value)
+            if len(raw) == 34:  # "YYYY-MM-DDTHH:MM:SS.ffffff+00:00" and its quotes
+                return raw[1:27].decode().replace("T", " ", 1)
             return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
         return process

@@ -143,6 +143,46 @@ def test_the_batched_stream_carries_what_watch_session_sends_in_the_same_order(
     assert got_grouped == got_singles
 
 
+def test_a_live_run_on_an_instant_model_comes_in_one_message_with_its_deltas(
+    client: Client,
+) -> None:
+    """The builtin model answers within the step: its deltas are published with the run's
+    one commit, between each step's STEP_STARTED and STEP_COMPLETED, not a commit apiece."""
+    session_id = session_with_runs(client, 1)
+    flow_id = client.sessions.GetSession(ss.GetSessionRequest(id=session_id)).live_flow_id
+    # From seq 11: the replayed last event says the subscription is live.
+    stream = batches(client, session_id, 11, timeout=60)
+    received: list[pb.RunEventBatch] = []
+
+    def read() -> None:
+        for message in stream:
+            received.append(message)
+            if any(e.type == COMPLETED and e.seq > 12 for e in message.events):
+                stream.cancel()  # type: ignore[attr-defined]
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(lambda: bool(received))
+    client.runs.RunFlow(
+        fr.RunFlowRequest(
+            flow_id=flow_id, body=QUESTION, options=pb.RunOptions(session_id=session_id)
+        )
+    )
+    reader.join(60)
+    assert [e.seq for e in received[0].events] == [12]
+    received = received[1:]
+    assert len(received) == 1
+    events = list(received[0].events)
+    assert [e.seq for e in events if e.type != DELTA] == list(range(13, 25))
+    deltas = [i for i, e in enumerate(events) if e.type == DELTA]
+    assert len(deltas) == 3  # one per LLM step: echo answers in one chunk
+    for i in deltas:
+        assert events[i - 1].type == pb.RUN_EVENT_TYPE_STEP_STARTED
+        assert events[i + 1].type == pb.RUN_EVENT_TYPE_STEP_COMPLETED
+        assert events[i - 1].step.id == events[i].session_step_id == events[i + 1].step.id
+
+
 def test_a_negative_after_seq_is_invalid(client: Client) -> None:
     session_id = session_with_runs(client, 1)
     with pytest.raises(grpc.RpcError) as info:

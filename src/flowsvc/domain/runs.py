@@ -348,6 +348,7 @@ class Journal:
     runs: list[FlowRun] = field(default_factory=list)
     new_steps: list[SessionStep] = field(default_factory=list)
     steps: list[SessionStep] = field(default_factory=list)
+    # Committed and then published, in order; deltas among them are published, never stored.
     events: list[RunEvent] = field(default_factory=list)
     # The lease epoch the session's writes are fenced on (0: the journal does not change the
     # session row). A journal whose epoch is no longer the session's is refused whole.

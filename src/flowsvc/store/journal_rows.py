@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowsvc.domain.runs import Journal, RunEvent, Session
+from flowsvc.domain.runs import EventType, Journal, RunEvent, Session
 from flowsvc.store.run_codec import message_row, run_row, session_row, step_row
 
 MAX_JOURNALS_PER_COMMIT = 256
@@ -57,7 +57,8 @@ class JournalRows:
                 "runs": [run_row(r) for r in journal.runs],
                 "steps": [step_row(s) for s in journal.steps],
             },
-            events=list(journal.events),
+            # Deltas ride along to be published with the journal's events, never stored.
+            events=[e for e in journal.events if e.type is not EventType.STEP_DELTA],
             release=(journal.session.id, journal.epoch)
             if journal.release and journal.session is not None
             else None,

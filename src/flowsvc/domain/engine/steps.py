@@ -206,7 +206,7 @@ class StepExecution(EngineCore):
                         if chunk.text:
                             parts.append(chunk.text)
                             if self._hub.subscriber_count(current.session_id):
-                                self._publish_delta(ctx, current, chunk.text)
+                                self._publish_delta(ctx, current, chunk.text, provider.instant)
                         if chunk.input_tokens is not None:
                             current.input_tokens = chunk.input_tokens
                         if chunk.output_tokens is not None:
@@ -234,7 +234,9 @@ class StepExecution(EngineCore):
         ctx.models[current.id] = model_name
         return "".join(parts)
 
-    def _publish_delta(self, ctx: RunContext, current: SessionStep, text: str) -> None:
+    def _publish_delta(
+        self, ctx: RunContext, current: SessionStep, text: str, instant: bool
+    ) -> None:
         delta = RunEvent(
             seq=0,
             session_id=current.session_id,
@@ -245,6 +247,13 @@ class StepExecution(EngineCore):
             delta=text,
             session_step_id=current.id,
         )
+        if instant:
+            # The model answered within this turn of the loop: the delta rides the step's
+            # journal (not stored; published with its events, in order: after STEP_STARTED,
+            # before STEP_COMPLETED). A commit of its own per delta made a run with
+            # subscribers several commits, and as many messages to each subscriber.
+            ctx.buffered_events.append(delta)
+            return
         self._flush(ctx)
         last = ctx.last_commit
         if last is None:

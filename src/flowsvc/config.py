@@ -24,8 +24,8 @@ class Settings:
     grace_seconds: float = 10.0
     # NORMAL survives a killed process; FULL also survives power loss, at a cost per commit.
     sqlite_synchronous: str = "NORMAL"
-    # Pooled connections for reads.
-    read_pool_size: int = 8
+    # Pooled connections for reads; 0: the backend's default (store/database.py).
+    read_pool_size: int = 0
     log_level: str = "INFO"
     limits: Limits = field(default_factory=Limits)
     # A run that takes more steps than this ends as ERROR (a loop that never reaches END).
@@ -90,7 +90,7 @@ class Settings:
             "database_url": env.get("FLOWSVC_DATABASE_URL") or default_database_url(),
             "grace_seconds": float(env.get("FLOWSVC_GRACE_SECONDS", "10")),
             "sqlite_synchronous": env.get("FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL").upper(),
-            "read_pool_size": int(env.get("FLOWSVC_READ_POOL_SIZE", "8")),
+            "read_pool_size": int(env.get("FLOWSVC_READ_POOL_SIZE", "0")),
             "log_level": env.get("FLOWSVC_LOG_LEVEL", "INFO").upper(),
             "step_limit": int(env.get("FLOWSVC_STEP_LIMIT", "1000")),
             "subscriber_queue": int(env.get("FLOWSVC_SUBSCRIBER_QUEUE", "1024")),

@@ -130,15 +130,24 @@ def unavailable_when_unreachable() -> Iterator[None]:
         raise Unavailable("the database has no connection free; try again") from exc
 
 
+SQLITE_READERS = 4
+POSTGRES_READERS = 8
+
+
 class Database:
     """One writer connection behind a lock (SQLite has one writer anyway) and a reader pool."""
 
     def __init__(
-        self, url: str, *, sqlite_synchronous: str = "NORMAL", read_pool_size: int = 8
+        self, url: str, *, sqlite_synchronous: str = "NORMAL", read_pool_size: int = 0
     ) -> None:
         parsed = make_url(url)
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if read_pool_size <= 0:
+            # SQLite's readers are threads sharing this interpreter's lock with the event loop
+            # and the writer: past 4 they cost more in hand-offs than they add (W1, W2 and
+            # GetSession/ListSessions at 16 callers, 2 cores: BENCHMARKS.md, fifth session).
+            read_pool_size = SQLITE_READERS if self.is_sqlite else POSTGRES_READERS
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +40,7 @@ from flowsvc.store.tables import (
     SessionRow,
     SessionStepRow,
 )
-from flowsvc.store.threaded_reads import Reader
+from flowsvc.store.threaded_reads import Reader, execute_all
 
 log = logging.getLogger("flowsvc.store")
 
@@ -94,7 +94,9 @@ class SqlRunStore:
     async def _steps(
         self, conn: Reader, query: Select[Any], params: dict[str, Any] | None = None
     ) -> list[SessionStep]:
-        rows = (await conn.execute(query, params or {})).all()
+        return await self._steps_of(conn, (await conn.execute(query, params or {})).all())
+
+    async def _steps_of(self, conn: Reader, rows: Sequence[Any]) -> list[SessionStep]:
         lookup = await self._step_lookup({r.flow_version_id for r in rows}, conn)
         return [step_from(r, lookup) for r in rows]
 
@@ -143,12 +145,22 @@ class SqlRunStore:
         self, org: str, session_id: str
     ) -> tuple[Session, list[SessionStep]] | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(_SESSION, {"id": session_id, "org": org})).first()
+            # Together: the steps and messages of a session that turns out not to exist are
+            # none, and one hop costs less than three.
+            session_found, steps_found, messages_found = await execute_all(
+                conn,
+                [
+                    (_SESSION, {"id": session_id, "org": org}),
+                    (_SESSION_STEPS, {"session_id": session_id}),
+                    (_SESSION_MESSAGES, {"session_id": session_id}),
+                ],
+            )
+            row = session_found.first()
             if row is None:
                 return None
-            found = await self._steps(conn, _SESSION_STEPS, {"session_id": session_id})
-            conversation = await self._messages_of(conn, [session_id])
-        return session_from(row, conversation[session_id]), found
+            found = await self._steps_of(conn, steps_found.all())
+            conversation = [message_from_row(r) for r in messages_found.all()]
+        return session_from(row, conversation), found
 
     async def last_step(
         self, session_id: str, status: str = "", excluding: Collection[str] = ()
@@ -198,11 +210,14 @@ class SqlRunStore:
 
     async def get_run(self, org: str, run_id: str) -> FlowRun | None:
         async with self.db.read() as conn:
-            row = (await conn.execute(_RUN, {"id": run_id, "org": org})).first()
+            run_found, steps_found = await execute_all(
+                conn, [(_RUN, {"id": run_id, "org": org}), (_RUN_STEPS, {"run_id": run_id})]
+            )
+            row = run_found.first()
             if row is None:
                 return None
             run = run_from(row)
-            run.steps = await self._steps(conn, _RUN_STEPS, {"run_id": run_id})
+            run.steps = await self._steps_of(conn, steps_found.all())
         return run
 
     async def run_by_request(self, org: str, request_id: str) -> FlowRun | None:

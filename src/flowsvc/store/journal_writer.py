@@ -126,17 +126,20 @@ class _Statement:
             head, row, most = self._many
             of = self._values.of
             params = [of(r) for r in rows]
-            raw: Any = conn.connection.dbapi_connection  # sqlite3's, in this transaction
             for start in range(0, len(params), most):
                 chunk = params[start : start + most]
-                raw.execute(head + ", ".join([row] * len(chunk)), [v for p in chunk for v in p])
+                # Through SQLAlchemy: its errors (IntegrityError for a request id taken,
+                # OperationalError for a locked or full disk) are what the writer maps.
+                conn.exec_driver_sql(
+                    head + ", ".join([row] * len(chunk)), tuple(v for p in chunk for v in p)
+                )
             return
         if self._copy is None:
             conn.exec_driver_sql(self.sql, self.params(rows))
             return
         sql, values = self._copy
-        pg: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
-        with pg.cursor() as cursor, cursor.copy(sql) as copy:
+        raw: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
             for row in rows:
                 copy.write_row(values.of(row))
 

@@ -72,6 +72,12 @@ def test_batch_writer_stores_datetimes_exactly_as_sqlalchemy_does() -> None:
         datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
         datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
         datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=timezone(timedelta(hours=2))),
+        # The fast path's edges: one microsecond, a full fraction across an offset, the
+        # first and last years.
+        datetime(2026, 12, 3, 18, 25, 0, 5, tzinfo=UTC),
+        datetime(2026, 1, 1, 1, 1, 1, 999999, tzinfo=timezone(timedelta(hours=2))),
+        datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     ):
         assert fast(value) == reference(value)
 

@@ -124,8 +124,7 @@ class _Statement:
     def insert(self, conn: Connection, rows: Any) -> None:
         if self._many is not None:
             head, row, most = self._many
-            of = self._values.of
-            params = [of(r) for r in rows]
+            params = self.params(rows)  # positional: one tuple a row
             for start in range(0, len(params), most):
                 chunk = params[start : start + most]
                 # Through SQLAlchemy: its errors (IntegrityError for a request id taken,

@@ -39,28 +39,27 @@ class ThreadedRead:
         self._last: Future[Any] | None = None
 
     async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
-        def run() -> Any:
-            if self._conn is None:
-                self._conn = self._engine.connect()
-            return self._conn.execute(statement, parameters).freeze()
-
-        self._last = self._threads.submit(run)
-        frozen = await asyncio.wrap_future(self._last)
+        frozen = await self._hop(lambda conn: conn.execute(statement, parameters).freeze())
         return frozen()  # type: ignore[no-any-return]
 
     async def execute_all(self, statements: Sequence[tuple[Any, Any]]) -> list[Result[Any]]:
         """Several statements in one hop: each hop costs the reader thread and the loop a
         hand-off of the interpreter lock, which under load outweighs the statement itself."""
+        frozen = await self._hop(
+            lambda conn: [conn.execute(query, params).freeze() for query, params in statements]
+        )
+        return [f() for f in frozen]
+
+    async def _hop(self, work: Callable[[Connection], Any]) -> Any:
+        """`work` on a reader thread, with the read's connection (checked out on first use)."""
 
         def run() -> Any:
             if self._conn is None:
                 self._conn = self._engine.connect()
-            conn = self._conn
-            return [conn.execute(query, parameters).freeze() for query, parameters in statements]
+            return work(self._conn)
 
         self._last = self._threads.submit(run)
-        frozen = await asyncio.wrap_future(self._last)
-        return [f() for f in frozen]
+        return await asyncio.wrap_future(self._last)
 
     def close(self) -> None:
         """Give the connection back; a statement still running (its reader was cancelled)

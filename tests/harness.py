@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -179,21 +180,62 @@ def bearer(key: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
 
 
+@dataclass
+class UnreadStreams:
+    """A client that leaves a stream unread, and the server it calls."""
+
+    client: Client
+    server: InProcessServer
+
+    def wait_cut_off(self, method: str) -> None:
+        """Until the server has ended a stream of SessionService `method` with
+        RESOURCE_EXHAUSTED: its write deadline runs only while nothing is read, so a test
+        reads the stream after this, never before (runs can finish within the deadline)."""
+        labels = {"grpc_method": method, "grpc_code": "RESOURCE_EXHAUSTED"}
+
+        def cut_off() -> bool:
+            text = scrape_metrics(self.server.server.metrics_port)
+            try:
+                return metric_value(text, "grpc_server_handled_total", **labels) >= 1
+            except AssertionError:
+                return False  # no such stream has ended yet
+
+        wait_until(cut_off)
+
+
 @contextmanager
-def unread_streams_server(path: Path, **settings: Any) -> Iterator[Client]:
-    """A server on a new SQLite database at `path` (with `settings`), and a client of
-    organisation acme whose HTTP/2 window stays at its initial 64 KiB (no BDP probe), so that
-    a stream it does not read fills up."""
+def unread_streams_server(path: Path, **settings: Any) -> Iterator[UnreadStreams]:
+    """A server on a new SQLite database at `path` (with `settings`, and metrics), and a client
+    of organisation acme whose HTTP/2 window stays at its initial 64 KiB (no BDP probe), so
+    that a stream it does not read fills up."""
     url = sqlite_url(path)
-    server = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url, **settings))
+    server = InProcessServer(
+        Settings(listen="127.0.0.1:0", database_url=url, metrics_listen="127.0.0.1:0", **settings)
+    )
     c = connect(
         server.address, bearer(mint_key(url, "acme")), options=[("grpc.http2.bdp_probe", 0)]
     )
     try:
-        yield c
+        yield UnreadStreams(c, server)
     finally:
         c.close()
         server.stop()
+
+
+def scrape_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sample of `name` whose labels include `labels`."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels}")
 
 
 def run_big(c: Client, flow_id: str, session_id: str, runs: int) -> None:

@@ -3,11 +3,9 @@ received by a real OTLP/HTTP endpoint on loopback (the wire protocol a collector
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,7 +26,9 @@ from tests.harness import (
     bearer,
     connect,
     iter_lines,
+    metric_value,
     mint_key,
+    scrape_metrics,
     sqlite_url,
     wait_until,
 )
@@ -40,22 +40,6 @@ CALLER_SPAN = "00f067aa0ba902b7"
 def _attributes(span: Any) -> dict[str, Any]:
     """A received span's attributes, each as the value it holds (string, int, bool, float)."""
     return {a.key: getattr(a.value, a.value.WhichOneof("value")) for a in span.attributes}
-
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def _value(text: str, name: str, **labels: str) -> float:
-    """The sample of `name` whose labels include `labels`."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name} {labels}")
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +66,14 @@ def test_rpc_metrics_count_calls_by_method_type_and_code(
     events = list(
         client.runs.StreamRunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="a")))
     )
-    text = _scrape(server.server.metrics_port)
+    text = scrape_metrics(server.server.metrics_port)
     run_flow = {"grpc_service": "flowsvc.v1.FlowRunService", "grpc_method": "RunFlow"}
-    assert _value(text, "grpc_server_started_total", grpc_type="unary", **run_flow) == 1
-    assert _value(text, "grpc_server_handled_total", grpc_code="OK", **run_flow) == 1
-    assert _value(text, "grpc_server_handling_seconds_count", **run_flow) == 1
-    assert (
-        _value(text, "grpc_server_handled_total", grpc_method="GetSession", grpc_code="NOT_FOUND")
-        == 1
-    )
-    assert _value(
+    assert metric_value(text, "grpc_server_started_total", grpc_type="unary", **run_flow) == 1
+    assert metric_value(text, "grpc_server_handled_total", grpc_code="OK", **run_flow) == 1
+    assert metric_value(text, "grpc_server_handling_seconds_count", **run_flow) == 1
+    not_found = {"grpc_method": "GetSession", "grpc_code": "NOT_FOUND"}
+    assert metric_value(text, "grpc_server_handled_total", **not_found) == 1
+    assert metric_value(
         text, "grpc_server_msg_sent_total", grpc_type="server_stream", grpc_method="StreamRunFlow"
     ) == len(events)
 
@@ -167,7 +149,7 @@ def _stream_counts(
 
     def count(name: str, **more: str) -> float:
         try:
-            return _value(_scrape(server.server.metrics_port), name, **labels, **more)
+            return metric_value(scrape_metrics(server.server.metrics_port), name, **labels, **more)
         except AssertionError:
             return 0.0  # not counted yet
 
@@ -193,24 +175,24 @@ def test_flowsvc_metrics_count_runs_steps_models_and_commits(
 ) -> None:
     server, key = metered
     client = connect(server.address, bearer(key))
-    before = _scrape(server.server.metrics_port)
+    before = scrape_metrics(server.server.metrics_port)
     flow = client.flows.CreateLiveFlow(create_request())
     client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="why?")))
-    text = _scrape(server.server.metrics_port)
+    text = scrape_metrics(server.server.metrics_port)
 
     def grew(name: str, **labels: str) -> float:
         try:
-            earlier = _value(before, name, **labels)
+            earlier = metric_value(before, name, **labels)
         except AssertionError:
             earlier = 0.0
-        return _value(text, name, **labels) - earlier
+        return metric_value(text, name, **labels) - earlier
 
     assert grew("flowsvc_runs_total", flow_id="other", status="COMPLETE") == 1
     assert grew("flowsvc_step_duration_seconds_count", step_type="LLM", status="COMPLETED") == 3
     assert grew("flowsvc_model_calls_total", model="builtin/echo", outcome="ok") == 3
     assert grew("flowsvc_commit_seconds_count") >= 1
-    assert _value(text, "flowsvc_active_runs") == 0
-    assert _value(text, "flowsvc_active_subscribers") == 0
+    assert metric_value(text, "flowsvc_active_runs") == 0
+    assert metric_value(text, "flowsvc_active_subscribers") == 0
 
 
 def test_metrics_are_off_unless_asked_for(tmp_path: Path) -> None:

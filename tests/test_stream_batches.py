@@ -203,11 +203,13 @@ def test_a_batched_subscriber_that_stopped_reading_is_cut_off_with_where_to_resu
     # A queue that never overflows here: only the write deadline can end the stream.
     with unread_streams_server(
         tmp_path / "db.sqlite", subscriber_queue=1_000_000, stream_write_timeout=0.5
-    ) as c:
+    ) as unread:
+        c = unread.client
         flow = c.flows.CreateLiveFlow(create_request())
         first = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
         stalled = batches(c, first.session_id, 5, timeout=120)
         run_big(c, flow.id, first.session_id, 20)
+        unread.wait_cut_off("WatchSessionBatches")
         with pytest.raises(grpc.RpcError) as info:
             for _ in stalled:
                 pass
@@ -242,9 +244,7 @@ def test_the_client_resumes_a_batched_watch_across_a_server_restart(tmp_path: Pa
                     await asyncio.to_thread(servers[0].wait)
                     # A log of its own: the first server's "serving" line is not this one's.
                     log = tmp_path / "s2.log"
-                    servers.append(
-                        await asyncio.to_thread(ChildServer, url, log, None, listen)
-                    )
+                    servers.append(await asyncio.to_thread(ChildServer, url, log, None, listen))
                     await client.run_flow(
                         flow_id=flow.id,
                         body={"question": "q"},

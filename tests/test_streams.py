@@ -241,8 +241,8 @@ def tight_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
     """A server that cuts slow subscribers off quickly, and a client whose HTTP/2 window
     stays at its initial 64 KiB, so a stream it does not read fills up."""
     path = tmp_path_factory.mktemp("tight") / "db.sqlite"
-    with unread_streams_server(path, subscriber_queue=32, stream_write_timeout=1.0) as c:
-        yield c
+    with unread_streams_server(path, subscriber_queue=32, stream_write_timeout=1.0) as unread:
+        yield unread.client
 
 
 def test_a_subscriber_that_never_reads_does_not_hold_runs_back_and_is_cut_off(
@@ -279,13 +279,15 @@ def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_re
     # A queue that never overflows here: only the write deadline can end the stream.
     with unread_streams_server(
         tmp_path / "db.sqlite", subscriber_queue=1_000_000, stream_write_timeout=0.5
-    ) as c:
+    ) as unread:
+        c = unread.client
         flow = c.flows.CreateLiveFlow(create_request())
         first = c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=QUESTION))
         stalled = c.sessions.WatchSession(
             ss.WatchSessionRequest(session_id=first.session_id, after_seq=5), timeout=120
         )
         run_big(c, flow.id, first.session_id, 20)
+        unread.wait_cut_off("WatchSession")
         with pytest.raises(grpc.RpcError) as info:
             for _ in stalled:
                 pass
@@ -293,4 +295,3 @@ def test_a_write_to_a_subscriber_that_stopped_reading_times_out_with_where_to_re
         details = info.value.details() or ""
         assert "stopped reading" in details
         assert int(details.rsplit("after_seq=", 1)[1]) >= 5
-

@@ -67,8 +67,11 @@ class SessionRegistry:
         self.on_lost: Callable[[SessionState], None] | None = None
         # A session is kept this long after its last user: the next turn of a conversation
         # then needs no claim (a write transaction) and no release. Other replicas wait at
-        # most this long for it (their queued runs are claimed once it is given up).
+        # most 1.25x this long for it (their queued runs are claimed once it is given up).
         self.keep_seconds = min(1.0, lease_seconds / 4)
+        # Sessions without users, oldest use first, and the one timer that gives them up.
+        self._idle_states: dict[str, SessionState] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -134,7 +137,11 @@ class SessionRegistry:
         if self._idle(state):
             loop = asyncio.get_running_loop()
             state.last_used = loop.time()
-            loop.call_later(self.keep_seconds, self._give_up, state, state.last_used)
+            sid = state.session.id
+            self._idle_states.pop(sid, None)  # to the end: the order stays that of last use
+            self._idle_states[sid] = state
+            if self._sweep is None:
+                self._sweep = loop.call_later(self.keep_seconds, self._give_up_idle)
 
     def _idle(self, state: SessionState) -> bool:
         return (
@@ -144,11 +151,29 @@ class SessionRegistry:
             and self.states.get(state.session.id) is state
         )
 
-    def _give_up(self, state: SessionState, let_go_at: float) -> None:
-        if self._stop.is_set() or not self._idle(state):
-            return  # used again meanwhile: its last user starts the keep anew
-        if state.last_used != let_go_at:
-            return  # used and let go again since: the timer of that release gives it up
+    def _give_up_idle(self) -> None:
+        """Give up every session kept its time, together: their releases are journals of
+        one loop turn, so they share a commit. (A timer per session made each release a
+        commit of its own: one caller's new session a run was two commits a run.) The timer
+        then comes back for the next one due, no sooner than a quarter of the keep."""
+        self._sweep = None
+        if self._stop.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due_before = now - self.keep_seconds
+        for sid, state in list(self._idle_states.items()):
+            if not self._idle(state):
+                del self._idle_states[sid]  # used again: its last user puts it back
+            elif state.last_used <= due_before:
+                del self._idle_states[sid]
+                self._give_up(state)
+            else:
+                wait = max(state.last_used - due_before, self.keep_seconds / 4)
+                self._sweep = loop.call_later(wait, self._give_up_idle)
+                return
+
+    def _give_up(self, state: SessionState) -> None:
         done = state.releasing = asyncio.get_running_loop().create_future()
         future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
 

@@ -1,0 +1,33 @@
+"""A replica's hold on the sessions it runs: kept a moment after their last run (the next
+turn needs no claim), then given up, together, in one commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flowsvc.config import Settings
+from flowsvc.v1 import flow_run_service_pb2 as fr
+from tests.graphs import create_request, struct
+from tests.harness import InProcessServer, bearer, connect, mint_key, sqlite_url, wait_until
+
+
+def test_sessions_let_go_within_a_moment_are_given_up_in_one_or_two_commits(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    server = InProcessServer(Settings(listen="127.0.0.1:0", database_url=url))
+    client = connect(server.address, bearer(mint_key(url, "acme")))
+    try:
+        flow = client.flows.CreateLiveFlow(create_request())
+        for _ in range(8):  # each on a new session, one after the other
+            client.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
+        held = server.server.engine.sessions.states
+        writer = server.server.run_store.writer
+        committed = writer.commits
+        wait_until(lambda: not held)
+        # The first is due alone, the rest a quarter of the keep later (a commit each, as
+        # each session's own timer made them, would be 8).
+        assert writer.commits - committed <= 2
+    finally:
+        client.close()
+        server.stop()

@@ -5,10 +5,12 @@ taken (IntegrityError) or an unavailable database (OperationalError)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -33,6 +35,40 @@ def test_a_row_refused_by_a_key_on_sqlite_is_an_integrity_error(tmp_path: Path) 
         try:
             with pytest.raises(IntegrityError):
                 await db.write_batch(twice)
+        finally:
+            await db.close()
+
+    asyncio.run(main())
+
+
+def test_a_batch_after_a_failed_one_commits_and_the_failed_one_left_nothing(
+    tmp_path: Path,
+) -> None:
+    """SQLite's batch connection is kept between batches; one that failed is let go (rolled
+    back), and the next batch writes on another."""
+
+    async def main() -> None:
+        db = Database(sqlite_url(tmp_path / "writer.db"))
+        await db.migrate()
+
+        def insert(key: str) -> Callable[[Connection], None]:
+            return lambda conn: conn.exec_driver_sql(
+                "INSERT INTO alembic_version (version_num) VALUES (?)", (key,)
+            )
+
+        def half_then_fail(conn: Connection) -> None:
+            insert("half")(conn)
+            raise RuntimeError("the batch fails after a statement")
+
+        try:
+            await db.write_batch(insert("first"))
+            with pytest.raises(RuntimeError):
+                await db.write_batch(half_then_fail)
+            await db.write_batch(insert("after"))
+            async with db.read() as reader:
+                rows = await reader.execute(text("SELECT version_num FROM alembic_version"))
+                kept = {r[0] for r in rows}
+            assert {"first", "after"} <= kept and "half" not in kept
         finally:
             await db.close()
 

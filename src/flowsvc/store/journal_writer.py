@@ -9,7 +9,9 @@ In that transaction, in this order:
 1. new sessions, runs and steps are inserted;
 2. each session with new events takes its next seqs (`last_seq = last_seq + n ... RETURNING`):
    the database allocates them, never a process's memory, and the row lock it takes orders
-   concurrent writers of one session, so seqs become visible in order;
+   concurrent writers of one session, so seqs become visible in order (a session inserted in
+   this transaction, invisible to any other until the commit, counts from the row it is
+   inserted with, raised before the insert);
 3. the events are inserted with those seqs;
 4. sessions, runs and steps are updated; a session update names the lease epoch its writer
    holds, and a journal whose epoch is no longer the session's is refused whole (LeaseLost);
@@ -42,7 +44,7 @@ from flowsvc.store.database import (
     takes_a_request_id,
 )
 from flowsvc.store.event_codec import event_row, payload_text
-from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch
+from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch, seqs_of_new_sessions
 from flowsvc.store.tables import (
     FlowRunRow,
     RunEventRow,
@@ -312,11 +314,13 @@ class JournalWriter:
             releases = [rows.release for rows in batch if rows.release is not None]
             deleted_steps = [sid for rows in batch for sid in rows.deleted_steps]
             new_messages = [row for rows in batch for row in rows.messages]
+            of_stored = seqs_of_new_sessions(new_events, inserts["sessions"])
             for name in ("sessions", "runs", "steps"):
                 if inserts[name]:
                     self._insert_sql[name].insert(conn, inserts[name].values())
             if new_events:
-                self._allocate_seqs(conn, new_events)
+                if of_stored:
+                    self._allocate_seqs(conn, of_stored)
                 self._insert_sql["events"].insert(conn, new_events)
                 for hook in self.in_commit:
                     hook(conn, new_events)
@@ -364,6 +368,7 @@ class JournalWriter:
             self.on_requeue(requeue)
 
     def _allocate_seqs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Seqs for events of sessions already stored: the database's counter, row-locked."""
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["session_id"]] = counts.get(row["session_id"], 0) + 1

@@ -73,3 +73,29 @@ def test_a_batch_after_a_failed_one_commits_and_the_failed_one_left_nothing(
             await db.close()
 
     asyncio.run(main())
+
+
+def test_updates_never_set_what_attaches_a_row_so_its_index_entries_stay_untouched(
+    tmp_path: Path,
+) -> None:
+    """SQLite rewrites every index entry holding a column an UPDATE sets, even to the same
+    value: the writer's updates leave out the columns fixed at insert."""
+
+    async def main() -> None:
+        db = Database(sqlite_url(tmp_path / "writer.db"))
+        try:
+            _, updates = _statements(db.batch_writer.dialect, 10)
+            fixed = {
+                "sessions": {"organisation_id", "live_flow_id", "created_at"},
+                "runs": {"organisation_id", "flow_id", "session_id", "schedule_id", "created_at"},
+                "steps": {"organisation_id", "session_id", "run_id", "position", "created_at"},
+            }
+            for table, columns in fixed.items():
+                assignments = updates[table].sql.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+                set_columns = {a.split("=", 1)[0].strip() for a in assignments.split(", ")}
+                assert not columns & set_columns, table
+                assert "status" in set_columns or table == "steps" and "result" in set_columns
+        finally:
+            await db.close()
+
+    asyncio.run(main())

@@ -65,14 +65,17 @@ messages = SessionMessageRow.__table__  # type: ignore[attr-defined]
 _TABLES = {"sessions": sessions, "runs": runs, "steps": steps}
 # Columns a journal never overwrites: the seq counter is the database's, the lease columns
 # belong to claims and releases, a cancel request to whoever asked, a request's identity
-# to the request.
+# to the request; and what a row is attached to (its organisation, flow, session, run,
+# schedule, position) never changes after its insert. SQLite rewrites every index entry
+# that holds a column an UPDATE sets, to the same value or not: a kept session's update
+# rewrote its org and org/flow index entries, dirtying their pages for the WAL, every run.
 _NOT_UPDATED = {
     "sessions": {"id", "last_seq", "owner_id", "lease_epoch", "lease_expires_ms",
                  "request_id", "request_digest", "created_at", "parent_session_id",
-                 "forked_from_step_id"},
+                 "forked_from_step_id", "organisation_id", "live_flow_id"},
     "runs": {"id", "cancel_requested", "request_id", "request_digest", "trace_context",
-             "created_at"},
-    "steps": {"id", "created_at"},
+             "created_at", "organisation_id", "flow_id", "session_id", "schedule_id"},
+    "steps": {"id", "created_at", "organisation_id", "session_id", "run_id", "position"},
 }
 
 

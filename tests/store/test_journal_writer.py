@@ -44,8 +44,8 @@ def test_a_row_refused_by_a_key_on_sqlite_is_an_integrity_error(tmp_path: Path) 
 def test_a_batch_after_a_failed_one_commits_and_the_failed_one_left_nothing(
     tmp_path: Path,
 ) -> None:
-    """SQLite's batch connection is kept between batches; one that failed is let go (rolled
-    back), and the next batch writes on another."""
+    """A batch that fails is rolled back whole, and the writer's connection (kept between
+    batches on SQLite) takes the next batch as if nothing happened."""
 
     async def main() -> None:
         db = Database(sqlite_url(tmp_path / "writer.db"))
@@ -71,6 +71,7 @@ def test_a_batch_after_a_failed_one_commits_and_the_failed_one_left_nothing(
             assert {"first", "after"} <= kept and "half" not in kept
         finally:
             await db.close()
+            await db.close()  # closing twice is harmless
 
     asyncio.run(main())
 
@@ -94,7 +95,7 @@ def test_updates_never_set_what_attaches_a_row_so_its_index_entries_stay_untouch
                 assignments = updates[table].sql.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
                 set_columns = {a.split("=", 1)[0].strip() for a in assignments.split(", ")}
                 assert not columns & set_columns, table
-                assert "status" in set_columns or table == "steps" and "result" in set_columns
+                assert "status" in set_columns or (table == "steps" and "result" in set_columns)
         finally:
             await db.close()
 

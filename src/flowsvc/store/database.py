@@ -183,6 +183,7 @@ class Database:
         self.batch_writer: Engine = self.sync_engine()
         self._batch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flowsvc-writer")
         self._batch_conn: Connection | None = None  # SQLite's, held by that thread
+        self._closed = False
         # SQLite reads run on threads of their own, a fixed pool of blocking connections
         # (threaded_reads.py): callers queue for one rather than open extras under load.
         self._sync_reader: Engine | None = None
@@ -285,9 +286,11 @@ class Database:
     def _write_batch(self, work: Callable[[Connection], None]) -> None:
         """On the batch writer's thread. SQLite's connection is kept there between batches:
         a local file needs no liveness ping, and a checkout, ping and return a commit were
-        ~0.1 ms of the ~1.1 ms a lone run's commit costs that thread. After a failure it is
-        closed, and the next batch opens another. PostgreSQL's goes back to its pool, pinged
-        on checkout: a server restart leaves dead connections behind."""
+        ~0.1 ms of the ~1.1 ms a lone run's commit costs that thread. After a failure it goes
+        back to its pool (rolled back; dropped by SQLAlchemy if the error says it is broken)
+        and the next batch checks one out again, as every batch did before. PostgreSQL's goes
+        back to its pool after every batch, pinged on checkout: a server restart leaves dead
+        connections behind."""
         if not self.is_sqlite:
             with self.batch_writer.begin() as conn:
                 work(conn)
@@ -309,10 +312,13 @@ class Database:
             self._batch_conn = None
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         lock = getattr(self, "_serve_lock", None)
         if lock is not None:
             lock.close()
-        # Closed on the thread that opened it (sqlite3 checks), after the batches queued.
+        # On the thread that uses it, after the batches queued before.
         self._batch_thread.submit(self._close_batch_conn)
         self._batch_thread.shutdown(wait=True)
         self.batch_writer.dispose()

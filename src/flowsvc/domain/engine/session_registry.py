@@ -174,8 +174,16 @@ class SessionRegistry:
                 return
 
     def _give_up(self, state: SessionState) -> None:
+        try:
+            future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
+        except Exception:
+            # Not given up here, then: no longer renewed, the lease runs out for others to
+            # claim. (The sweep goes on with the other sessions due.)
+            log.warning("lease release not recorded", exc_info=True,
+                        extra={"session_id": state.session.id})
+            self.forget(state)
+            return
         done = state.releasing = asyncio.get_running_loop().create_future()
-        future = self._record(Journal(session=state.session, epoch=state.epoch, release=True))
 
         def released(f: asyncio.Future[None]) -> None:
             if not f.cancelled() and f.exception() is not None:

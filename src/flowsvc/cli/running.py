@@ -180,6 +180,17 @@ def answer(
     execute(work, server)
 
 
+async def _one_by_one(
+    batches: AsyncGenerator[list[pb.RunEvent], None],
+) -> AsyncGenerator[pb.RunEvent, None]:
+    """A batched watch's events, each in turn: a run's events come in one message (the
+    server's cost per event a fifth of WatchSession's), and print as they always did."""
+    async with aclosing(batches):
+        async for batch in batches:
+            for event in batch:
+                yield event
+
+
 async def until_idle(
     client: Client, events: AsyncGenerator[pb.RunEvent, None], session_id: str
 ) -> AsyncGenerator[pb.RunEvent, None]:
@@ -228,7 +239,7 @@ async def follow_session(
     client: Client, session: str, after_seq: int, forever: bool, out: Output
 ) -> int:
     """Print a session's events until it stops (or forever); the exit code of its state."""
-    events = client.watch_session(session, after_seq)
+    events = _one_by_one(client.watch_session_batches(session, after_seq))
     if not forever:
         events = until_idle(client, events, session)
     state = RunState(session_id=session)

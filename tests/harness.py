@@ -195,10 +195,7 @@ class UnreadStreams:
 
         def cut_off() -> bool:
             text = scrape_metrics(self.server.server.metrics_port)
-            try:
-                return metric_value(text, "grpc_server_handled_total", **labels) >= 1
-            except AssertionError:
-                return False  # no such stream has ended yet
+            return metric_count(text, "grpc_server_handled_total", **labels) >= 1
 
         wait_until(cut_off)
 
@@ -236,6 +233,14 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(found.get(k) == v for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name} {labels}")
+
+
+def metric_count(text: str, name: str, **labels: str) -> float:
+    """A counter's sample, 0 while it has none (nothing counted yet)."""
+    try:
+        return metric_value(text, name, **labels)
+    except AssertionError:
+        return 0.0
 
 
 def run_big(c: Client, flow_id: str, session_id: str, runs: int) -> None:

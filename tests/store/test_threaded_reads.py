@@ -4,25 +4,16 @@ other on PostgreSQL; either way each statement's rows, in the order given."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from flowsvc.store.database import Database
 from flowsvc.store.threaded_reads import ThreadedRead, execute_all
-from tests import postgres
 from tests.harness import sqlite_url
+from tests.store.test_store_contract import database_url
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "reads.db")
-        return
-    with postgres.fresh_database() as url:
-        yield "postgresql+psycopg://" + url.split("://", 1)[1]
+__all__ = ["database_url"]  # the contract suite's backends
 
 
 def test_each_statement_gets_its_own_rows_in_the_order_given(database_url: str) -> None:

@@ -297,13 +297,11 @@ class Database:
             return
         if self._batch_conn is None:
             self._batch_conn = self.batch_writer.connect()
-        conn = self._batch_conn
         try:
-            with conn.begin():
-                work(conn)
+            with self._batch_conn.begin():
+                work(self._batch_conn)
         except BaseException:
-            self._batch_conn = None
-            conn.close()
+            self._close_batch_conn()
             raise
 
     def _close_batch_conn(self) -> None:

@@ -12,7 +12,7 @@ from flowsvc.domain.runs import FlowRun, RunStatus
 from flowsvc.store.database import Database, now_ms_sql
 from flowsvc.store.run_codec import eval_job_from, eval_job_row, run_from
 from flowsvc.store.sql_store import newest_first
-from flowsvc.store.tables import EvalJobRow, FlowRunRow
+from flowsvc.store.tables import RUN_WITH_EVAL_JOB, EvalJobRow, FlowRunRow
 
 jobs = EvalJobRow.__table__  # type: ignore[attr-defined]
 runs = FlowRunRow.__table__  # type: ignore[attr-defined]
@@ -99,7 +99,7 @@ class SqlEvalStore:
             .outerjoin(jobs, jobs.c.id == runs.c.eval_job_id)
             .where(
                 runs.c.status == RunStatus.COMPLETE.value,
-                runs.c.eval_job_id != "",
+                text(f"flow_runs.{RUN_WITH_EVAL_JOB}"),
                 jobs.c.id.is_(None),
             )
         )

@@ -46,6 +46,7 @@ from flowsvc.store.database import (
 from flowsvc.store.event_codec import event_row, payload_text
 from flowsvc.store.journal_rows import JournalRows, merge_rows, next_batch, seqs_of_new_sessions
 from flowsvc.store.tables import (
+    ACTIVE_RUN,
     FlowRunRow,
     RunEventRow,
     SessionMessageRow,
@@ -348,7 +349,7 @@ class JournalWriter:
                 marks = ", ".join(self._placeholder for _ in ids)
                 found = conn.exec_driver_sql(
                     f"SELECT DISTINCT session_id FROM flow_runs WHERE session_id IN ({marks}) "
-                    f"AND status = '{RunStatus.QUEUED.value}'",
+                    f"AND {ACTIVE_RUN} AND status = '{RunStatus.QUEUED.value}'",
                     tuple(ids),
                 )
                 requeue.extend(r[0] for r in found)

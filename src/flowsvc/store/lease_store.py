@@ -20,11 +20,11 @@ from flowsvc.domain.ports import SessionClaim
 from flowsvc.domain.runs import FlowRun, RunStatus
 from flowsvc.store.database import Database, now_ms_sql, takes_a_request_id
 from flowsvc.store.run_codec import run_from, run_row, session_from
-from flowsvc.store.tables import FlowRunRow, SessionRow
+from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, SessionRow
 
 runs = FlowRunRow.__table__  # type: ignore[attr-defined]
 sessions = SessionRow.__table__  # type: ignore[attr-defined]
-_ACTIVE_SQL = "('QUEUED', 'RUNNING')"
+_ACTIVE_JOB = "status IN ('QUEUED', 'RUNNING')"
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SqlLeases:
         )
         self._renew_jobs = text(
             f"UPDATE eval_jobs SET lease_expires_ms = {now} + {ttl} "
-            f"WHERE owner_id = :me AND status IN {_ACTIVE_SQL}"
+            f"WHERE owner_id = :me AND {_ACTIVE_JOB}"
         )
         self._renewer: Engine | None = None
 
@@ -76,9 +76,8 @@ class SqlLeases:
         or queued while the lease was being given up."""
         query = text(
             f"SELECT s.organisation_id, s.id FROM sessions s "
-            f"WHERE (s.owner_id IS NULL OR s.lease_expires_ms < {self._now}) "
-            f"AND EXISTS (SELECT 1 FROM flow_runs r WHERE r.session_id = s.id "
-            f"AND r.status IN {_ACTIVE_SQL}) LIMIT :limit"
+            f"WHERE s.id IN (SELECT session_id FROM flow_runs WHERE {ACTIVE_RUN}) "
+            f"AND (s.owner_id IS NULL OR s.lease_expires_ms < {self._now}) LIMIT :limit"
         )
         async with self.db.read() as conn:
             rows = (await conn.execute(query, {"limit": limit})).all()
@@ -111,7 +110,7 @@ class SqlLeases:
                 await conn.execute(
                     text(
                         f"SELECT * FROM flow_runs WHERE session_id = :sid "
-                        f"AND status IN {_ACTIVE_SQL} ORDER BY created_at, id"
+                        f"AND {ACTIVE_RUN} ORDER BY created_at, id"
                     ).columns(*runs.c),
                     {"sid": session_id},
                 )
@@ -126,7 +125,7 @@ class SqlLeases:
                 await conn.execute(
                     text(
                         f"SELECT * FROM flow_runs WHERE organisation_id = :org "
-                        f"AND flow_id = :flow AND status IN {_ACTIVE_SQL}"
+                        f"AND flow_id = :flow AND {ACTIVE_RUN}"
                     ).columns(*runs.c),
                     {"org": org, "flow": flow_id},
                 )
@@ -139,7 +138,7 @@ class SqlLeases:
                 await conn.execute(
                     text(
                         f"SELECT organisation_id, count(*) FROM flow_runs "
-                        f"WHERE status IN {_ACTIVE_SQL} GROUP BY organisation_id"
+                        f"WHERE {ACTIVE_RUN} GROUP BY organisation_id"
                     )
                 )
             ).all()
@@ -155,7 +154,7 @@ class SqlLeases:
                     await conn.execute(
                         text(
                             f"SELECT 1 FROM flow_runs WHERE session_id = :sid "
-                            f"AND status IN {_ACTIVE_SQL} LIMIT 1"
+                            f"AND {ACTIVE_RUN} LIMIT 1"
                         ),
                         {"sid": run.session_id},
                     )
@@ -175,7 +174,7 @@ class SqlLeases:
             result = await conn.execute(
                 text(
                     f"UPDATE flow_runs SET cancel_requested = :yes WHERE id = :id "
-                    f"AND organisation_id = :org AND status IN {_ACTIVE_SQL}"
+                    f"AND organisation_id = :org AND {ACTIVE_RUN}"
                 ),
                 {"id": run_id, "org": org, "yes": True},
             )
@@ -187,7 +186,7 @@ class SqlLeases:
             rows = (
                 await conn.execute(
                     text(
-                        f"SELECT id FROM flow_runs WHERE status IN {_ACTIVE_SQL} "
+                        f"SELECT id FROM flow_runs WHERE {ACTIVE_RUN} "
                         f"AND cancel_requested = :yes"
                     ),
                     {"yes": True},

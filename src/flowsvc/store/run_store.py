@@ -9,7 +9,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.sql import Select
 
 from flowsvc.domain.model import Step
@@ -34,6 +34,7 @@ from flowsvc.store.run_codec import (
 )
 from flowsvc.store.sql_store import SqlStore, newest_first
 from flowsvc.store.tables import (
+    SCHEDULED_RUN,
     FlowRunRow,
     RunEventRow,
     SessionMessageRow,
@@ -231,7 +232,7 @@ class SqlRunStore:
     ) -> list[FlowRun]:
         query = select(runs).where(runs.c.organisation_id == org)
         if schedule_id:
-            query = query.where(runs.c.schedule_id == schedule_id)
+            query = query.where(runs.c.schedule_id == schedule_id, text(SCHEDULED_RUN))
         if flow_id:
             query = query.where(runs.c.flow_id == flow_id)
         if session_id:

@@ -11,16 +11,14 @@ from sqlalchemy.exc import IntegrityError
 
 from flowsvc.domain.paging import Page
 from flowsvc.domain.run_requests import RunOptions
-from flowsvc.domain.runs import RunStatus
 from flowsvc.domain.schedules import CatchUp, Overlap, Schedule
 from flowsvc.store.database import Database, now_ms_sql
 from flowsvc.store.run_store import RUN_ID_BY_REQUEST
 from flowsvc.store.sql_store import newest_first
-from flowsvc.store.tables import FlowRunRow, ScheduleRow, UTCDateTime
+from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, ScheduleRow, UTCDateTime
 
 schedules = ScheduleRow.__table__  # type: ignore[attr-defined]
 runs = FlowRunRow.__table__  # type: ignore[attr-defined]
-_ACTIVE = [s.value for s in RunStatus if s.active]
 _OPTION_FIELDS = ("session_id", "version", "override", "eval_options", "no_wait", "webhook_url")
 
 
@@ -189,7 +187,7 @@ class SqlScheduleStore:
             row = (
                 await conn.execute(
                     select(runs.c.id)
-                    .where(runs.c.schedule_id == schedule_id, runs.c.status.in_(_ACTIVE))
+                    .where(runs.c.schedule_id == schedule_id, text(ACTIVE_RUN))
                     .limit(1)
                 )
             ).first()

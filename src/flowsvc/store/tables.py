@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -58,6 +59,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
+
+
+# The predicates of flow_runs' partial indexes. A query uses such an index only if its WHERE
+# holds the same predicate with the same constants (SQLite matches the expression, not its
+# meaning; PostgreSQL cannot prove it from a bound parameter): store queries include these.
+ACTIVE_RUN = "status IN ('QUEUED', 'RUNNING')"
+SCHEDULED_RUN = "schedule_id != ''"
+RUN_WITH_EVAL_JOB = "eval_job_id != ''"
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    """An index of only the rows `where` holds for. flow_runs' status, schedule and
+    evaluation indexes are partial: a run inserted already finished (a lone instant run is
+    one commit) or with no schedule or evaluation adds no entry to them, and, on a long-lived
+    session, no page of theirs is written for it."""
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
 
 
 def _when(nullable: bool = False) -> Any:
@@ -182,11 +199,15 @@ class FlowRunRow(SQLModel, table=True):
         Index("ix_flow_runs_org_created", "organisation_id", "created_at", "id"),
         Index("ix_flow_runs_org_flow_created", "organisation_id", "flow_id", "created_at", "id"),
         Index("ix_flow_runs_session_created", "session_id", "created_at", "id"),
-        Index("ix_flow_runs_status", "status"),
-        Index("ix_flow_runs_org_status", "organisation_id", "status"),
-        Index("ix_flow_runs_session_status", "session_id", "status"),
+        _partial(
+            "ix_flow_runs_active_session", "session_id", "created_at", "id", where=ACTIVE_RUN
+        ),
+        _partial("ix_flow_runs_active_org_flow", "organisation_id", "flow_id", where=ACTIVE_RUN),
         UniqueConstraint("organisation_id", "request_id", name="uq_flow_runs_request"),
-        Index("ix_flow_runs_schedule_created", "schedule_id", "created_at", "id"),
+        _partial(
+            "ix_flow_runs_schedule_created", "schedule_id", "created_at", "id", where=SCHEDULED_RUN
+        ),
+        _partial("ix_flow_runs_eval_job", "eval_job_id", where=RUN_WITH_EVAL_JOB),
     )
 
     id: str = Field(primary_key=True, max_length=36)

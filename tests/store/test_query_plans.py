@@ -1,0 +1,75 @@
+"""Lookups of active runs, and of runs whose evaluation job is missing, read only those runs:
+they go through flow_runs' partial indexes, which hold no entry for a finished run, so their
+cost does not grow with the history kept (SQLite, whose planner must see the indexes'
+predicates in the queries)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from flowsvc.store.database import Database
+from flowsvc.store.eval_store import SqlEvalStore
+from flowsvc.store.lease_store import SqlLeases
+from flowsvc.store.schedule_store import SqlScheduleStore
+from tests.harness import sqlite_url
+
+PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_flow_runs_eval_job")
+
+
+@pytest.fixture
+def run_queries() -> Iterator[list[tuple[str, Any]]]:
+    """The statements on flow_runs that any engine executes meanwhile, with their parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "flow_runs" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", capture)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", capture)
+
+
+def plan(path: Path, statement: str, parameters: Any) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
+
+
+def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
+    tmp_path: Path, run_queries: list[tuple[str, Any]]
+) -> None:
+    path = tmp_path / "plans.db"
+
+    async def lookups() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        leases = SqlLeases(db, "replica", 1.0)
+        try:
+            run_queries.clear()  # the migration's own statements
+            await leases.claimable(10)
+            await leases.active_runs("session")
+            await leases.active_runs_of_flow("org", "flow")
+            await leases.active_runs_by_org()
+            await leases.cancel_requests()
+            await SqlScheduleStore(db, "replica").has_active_run("schedule")
+            await SqlEvalStore(db, "replica", 1.0).runs_missing_jobs()
+        finally:
+            await db.close()
+
+    asyncio.run(lookups())
+
+    assert len(run_queries) == 7
+    for statement, parameters in run_queries:
+        steps = plan(path, statement, parameters)
+        on_runs = [s for s in steps if "flow_runs" in s]
+        assert on_runs, (statement, steps)
+        assert all(any(ix in s for ix in PARTIAL) for s in on_runs), (statement, steps)
+        assert not any(s.startswith("SCAN s") and "flow_runs" not in s for s in steps), steps

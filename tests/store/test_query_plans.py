@@ -1,7 +1,7 @@
 """Lookups of active runs, and of runs whose evaluation job is missing, read only those runs:
-they go through flow_runs' partial indexes, which hold no entry for a finished run, so their
-cost does not grow with the history kept (SQLite, whose planner must see the indexes'
-predicates in the queries)."""
+they go through flow_runs' partial indexes, which hold no entry for a finished run (nor a run
+with no schedule or evaluation), so neither their cost nor a run's writes grow with the history
+kept. The plans are SQLite's, whose planner must see the indexes' predicates in the queries."""
 
 from __future__ import annotations
 
@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.lease_store import SqlLeases
 from flowsvc.store.schedule_store import SqlScheduleStore
+from flowsvc.store.tables import ACTIVE_RUN, RUN_WITH_EVAL_JOB, SCHEDULED_RUN
 from tests.harness import sqlite_url
+from tests.store.test_store_contract import database_url
+
+__all__ = ["database_url"]  # the contract suite's backends
 
 PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_flow_runs_eval_job")
 
@@ -73,3 +77,43 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
         assert on_runs, (statement, steps)
         assert all(any(ix in s for ix in PARTIAL) for s in on_runs), (statement, steps)
         assert not any(s.startswith("SCAN s") and "flow_runs" not in s for s in steps), steps
+
+
+def test_the_indexes_of_active_scheduled_and_evaluated_runs_hold_only_those(
+    database_url: str,
+) -> None:
+    async def migrate() -> str:
+        db = Database(database_url)
+        await db.migrate()
+        await db.close()
+        return db.sync_url
+
+    engine = create_engine(asyncio.run(migrate()))
+    catalog = (
+        "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'flow_runs'"
+        if engine.dialect.name == "sqlite"
+        else "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'flow_runs'"
+    )
+    try:
+        with engine.connect() as conn:
+            definitions = {r[0]: r[1] for r in conn.execute(text(catalog))}
+    finally:
+        engine.dispose()
+
+    def predicate(name: str) -> str:
+        return definitions[name].split(" WHERE ", 1)[1]
+
+    partial = {
+        "ix_flow_runs_active_session": ACTIVE_RUN,
+        "ix_flow_runs_active_org_flow": ACTIVE_RUN,
+        "ix_flow_runs_schedule_created": SCHEDULED_RUN,
+        "ix_flow_runs_eval_job": RUN_WITH_EVAL_JOB,
+    }
+    for name, words in partial.items():
+        if engine.dialect.name == "sqlite":  # kept as written: the queries' words must match
+            assert predicate(name) == words
+        else:  # printed back its own way: ((status)::text = ANY ((ARRAY[...])::text[]))
+            column = words.split(" ", 1)[0]
+            assert f"({column})::text" in predicate(name), definitions[name]
+    whole_table = {"ix_flow_runs_status", "ix_flow_runs_org_status", "ix_flow_runs_session_status"}
+    assert not whole_table & set(definitions)

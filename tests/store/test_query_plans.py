@@ -1,13 +1,16 @@
-"""Lookups of active runs, and of runs whose evaluation job is missing, read only those runs:
-they go through flow_runs' partial indexes, which hold no entry for a finished run (nor a run
-with no schedule or evaluation), so neither their cost nor a run's writes grow with the history
-kept. The plans are SQLite's, whose planner must see the indexes' predicates in the queries."""
+"""The lookups made again and again — active runs, runs whose evaluation job is missing,
+sessions due to expire — read only the rows they look for. Active, scheduled and evaluated
+runs go through flow_runs' partial indexes, which hold no entry for a finished run (nor one
+with no schedule or evaluation), so neither those lookups nor a run's writes grow with the
+history kept. The plans are SQLite's, whose planner must see the indexes' predicates in the
+queries."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,11 @@ from sqlalchemy.engine import Engine
 
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
+from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.lease_store import SqlLeases
+from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.schedule_store import SqlScheduleStore
+from flowsvc.store.sql_store import SqlStore
 from flowsvc.store.tables import ACTIVE_RUN, RUN_WITH_EVAL_JOB, SCHEDULED_RUN
 from tests.harness import sqlite_url
 from tests.store.test_store_contract import database_url
@@ -29,13 +35,12 @@ PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_fl
 
 
 @pytest.fixture
-def run_queries() -> Iterator[list[tuple[str, Any]]]:
-    """The statements on flow_runs that any engine executes meanwhile, with their parameters."""
+def statements() -> Iterator[list[tuple[str, Any]]]:
+    """The statements any engine executes meanwhile, with their parameters."""
     seen: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "flow_runs" in statement:
-            seen.append((statement, parameters))
+        seen.append((statement, parameters))
 
     event.listen(Engine, "before_cursor_execute", capture)
     yield seen
@@ -48,7 +53,7 @@ def plan(path: Path, statement: str, parameters: Any) -> list[str]:
 
 
 def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
-    tmp_path: Path, run_queries: list[tuple[str, Any]]
+    tmp_path: Path, statements: list[tuple[str, Any]]
 ) -> None:
     path = tmp_path / "plans.db"
 
@@ -57,7 +62,7 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
         await db.migrate()
         leases = SqlLeases(db, "replica", 1.0)
         try:
-            run_queries.clear()  # the migration's own statements
+            statements.clear()  # the migration's own
             await leases.claimable(10)
             await leases.active_runs("session")
             await leases.active_runs_of_flow("org", "flow")
@@ -70,13 +75,37 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
 
     asyncio.run(lookups())
 
-    assert len(run_queries) == 7
-    for statement, parameters in run_queries:
+    assert len(statements) == 7
+    for statement, parameters in statements:
         steps = plan(path, statement, parameters)
         on_runs = [s for s in steps if "flow_runs" in s]
         assert on_runs, (statement, steps)
         assert all(any(ix in s for ix in PARTIAL) for s in on_runs), (statement, steps)
         assert not any(s.startswith("SCAN s") and "flow_runs" not in s for s in steps), steps
+
+
+def test_the_expiry_sweep_reads_only_sessions_due(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    path = tmp_path / "plans.db"
+
+    async def sweep() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        flows = SqlStore(db)
+        try:
+            statements.clear()
+            await SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0)).sessions_expired_by(
+                datetime.now(UTC), 500
+            )
+        finally:
+            await db.close()
+
+    asyncio.run(sweep())
+    [(statement, parameters)] = statements
+    assert plan(path, statement, parameters) == [
+        "SEARCH sessions USING INDEX ix_sessions_expiry (status=? AND expires_at<?)"
+    ]
 
 
 def test_the_indexes_of_active_scheduled_and_evaluated_runs_hold_only_those(

@@ -52,6 +52,11 @@ events = RunEventRow.__table__  # type: ignore[attr-defined]
 messages = SessionMessageRow.__table__  # type: ignore[attr-defined]
 
 
+# Sessions the expiry sweep looks at, named rather than "all but EXPIRED and RUNNING": the
+# sweep then reads the expiry index for each status up to now, not every session there is.
+_NOT_EXPIRABLE = (SessionStatus.EXPIRED, SessionStatus.RUNNING)
+_EXPIRABLE = [s.value for s in SessionStatus if s not in _NOT_EXPIRABLE]
+
 # Hot reads, built once: building a statement per call costs more than running it.
 _SESSION = select(sessions).where(
     sessions.c.id == bindparam("id"), sessions.c.organisation_id == bindparam("org")
@@ -279,12 +284,7 @@ class SqlRunStore:
             rows = (
                 await conn.execute(
                     select(sessions.c.organisation_id, sessions.c.id)
-                    .where(
-                        sessions.c.status.not_in(
-                            [SessionStatus.EXPIRED.value, SessionStatus.RUNNING.value]
-                        ),
-                        sessions.c.expires_at <= when,
-                    )
+                    .where(sessions.c.status.in_(_EXPIRABLE), sessions.c.expires_at <= when)
                     .limit(limit)
                 )
             ).all()

@@ -1,9 +1,9 @@
 """The lookups made again and again — active runs, runs whose evaluation job is missing,
-sessions due to expire — read only the rows they look for. Active, scheduled and evaluated
-runs go through flow_runs' partial indexes, which hold no entry for a finished run (nor one
-with no schedule or evaluation), so neither those lookups nor a run's writes grow with the
-history kept. The plans are SQLite's, whose planner must see the indexes' predicates in the
-queries."""
+sessions due to expire, webhook deliveries to claim — read only the rows they look for.
+Active, scheduled and evaluated runs, and pending deliveries, go through partial indexes,
+which hold no entry for a finished run (nor one with no schedule or evaluation) or a delivery
+made, so neither those lookups nor a run's writes grow with the history kept. The plans are
+SQLite's, whose planner must see the indexes' predicates in the queries."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ from flowsvc.store.lease_store import SqlLeases
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.schedule_store import SqlScheduleStore
 from flowsvc.store.sql_store import SqlStore
-from flowsvc.store.tables import ACTIVE_RUN, RUN_WITH_EVAL_JOB, SCHEDULED_RUN
+from flowsvc.store.tables import ACTIVE_RUN, PENDING_DELIVERY, RUN_WITH_EVAL_JOB, SCHEDULED_RUN
+from flowsvc.store.webhook_store import SqlWebhookStore
 from tests.harness import sqlite_url
 from tests.store.test_store_contract import database_url
 
@@ -108,7 +109,29 @@ def test_the_expiry_sweep_reads_only_sessions_due(
     ]
 
 
-def test_the_indexes_of_active_scheduled_and_evaluated_runs_hold_only_those(
+def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_session(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    path = tmp_path / "plans.db"
+
+    async def claim() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        try:
+            statements.clear()
+            await SqlWebhookStore(db, "replica").claim_deliveries(10, 1.0)
+        finally:
+            await db.close()
+
+    asyncio.run(claim())
+    claim_statement = [(s, p) for s, p in statements if s.startswith("UPDATE webhook_deliveries")]
+    [(statement, parameters)] = claim_statement
+    steps = plan(path, statement, parameters)
+    earlier_pending = "ix_webhook_deliveries_order (webhook_id=? AND session_id=? AND seq<?)"
+    assert f"SEARCH e USING INDEX {earlier_pending}" in steps, steps
+
+
+def test_the_partial_indexes_hold_only_the_rows_their_lookups_ask_for(
     database_url: str,
 ) -> None:
     async def migrate() -> str:
@@ -119,9 +142,9 @@ def test_the_indexes_of_active_scheduled_and_evaluated_runs_hold_only_those(
 
     engine = create_engine(asyncio.run(migrate()))
     catalog = (
-        "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'flow_runs'"
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
         if engine.dialect.name == "sqlite"
-        else "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'flow_runs'"
+        else "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"
     )
     try:
         with engine.connect() as conn:
@@ -137,6 +160,7 @@ def test_the_indexes_of_active_scheduled_and_evaluated_runs_hold_only_those(
         "ix_flow_runs_active_org_flow": ACTIVE_RUN,
         "ix_flow_runs_schedule_created": SCHEDULED_RUN,
         "ix_flow_runs_eval_job": RUN_WITH_EVAL_JOB,
+        "ix_webhook_deliveries_order": PENDING_DELIVERY,
     }
     for name, words in partial.items():
         if engine.dialect.name == "sqlite":  # kept as written: the queries' words must match

@@ -67,13 +67,16 @@ class UTCDateTime(TypeDecorator[datetime]):
 ACTIVE_RUN = "status IN ('QUEUED', 'RUNNING')"
 SCHEDULED_RUN = "schedule_id != ''"
 RUN_WITH_EVAL_JOB = "eval_job_id != ''"
+PENDING_DELIVERY = "status = 'PENDING'"
 
 
 def _partial(name: str, *columns: str, where: str) -> Index:
     """An index of only the rows `where` holds for. flow_runs' status, schedule and
     evaluation indexes are partial: a run inserted already finished (a lone instant run is
     one commit) or with no schedule or evaluation adds no entry to them, and, on a long-lived
-    session, no page of theirs is written for it."""
+    session, no page of theirs is written for it. Webhook deliveries' order index holds the
+    pending ones: the claim's look for an earlier pending delivery of the same session then
+    reads those, not every delivery the session ever had."""
     return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
 
 
@@ -329,7 +332,9 @@ class WebhookDeliveryRow(SQLModel, table=True):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         Index("ix_webhook_deliveries_due", "status", "next_attempt_ms"),
-        Index("ix_webhook_deliveries_order", "webhook_id", "session_id", "seq"),
+        _partial(
+            "ix_webhook_deliveries_order", "webhook_id", "session_id", "seq", where=PENDING_DELIVERY
+        ),
         Index("ix_webhook_deliveries_list", "organisation_id", "webhook_id", "created_at", "id"),
     )
 

@@ -29,6 +29,7 @@ from flowsvc.domain.webhooks import (
 from flowsvc.store.database import Database, driver_placeholder, now_ms_sql
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import (
+    PENDING_DELIVERY,
     OrgWebhookSecretRow,
     UTCDateTime,
     WebhookDeliveryRow,
@@ -145,7 +146,7 @@ class SqlWebhookStore:
             f"WHERE d.status = 'PENDING' AND d.next_attempt_ms <= {now} "
             f"AND (d.owner_id IS NULL OR d.lease_expires_ms < {now}) "
             f"AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook_id = "
-            f"d.webhook_id AND e.session_id = d.session_id AND e.status = 'PENDING' "
+            f"d.webhook_id AND e.session_id = d.session_id AND e.{PENDING_DELIVERY} "
             f"AND e.seq < d.seq) "
             f"ORDER BY d.next_attempt_ms, d.seq LIMIT :limit{skip_locked}) RETURNING *"
         ).columns(*deliveries.c)

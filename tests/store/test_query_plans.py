@@ -1,9 +1,10 @@
 """The lookups made again and again — active runs, runs whose evaluation job is missing,
-sessions due to expire, webhook deliveries to claim — read only the rows they look for.
-Active, scheduled and evaluated runs, and pending deliveries, go through partial indexes,
-which hold no entry for a finished run (nor one with no schedule or evaluation) or a delivery
-made, so neither those lookups nor a run's writes grow with the history kept. The plans are
-SQLite's, whose planner must see the indexes' predicates in the queries."""
+sessions due to expire, webhook deliveries to claim, the step a retried SubmitUserInput
+answered — read only the rows they look for. Active, scheduled and evaluated runs, pending
+deliveries and steps answered by request go through partial indexes, which hold no entry for
+a finished run (nor one with no schedule or evaluation), a delivery made or a step answered
+without a request id, so neither those lookups nor a run's writes grow with the history kept.
+The plans are SQLite's, whose planner must see the indexes' predicates in the queries."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ from flowsvc.store.lease_store import SqlLeases
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.schedule_store import SqlScheduleStore
 from flowsvc.store.sql_store import SqlStore
-from flowsvc.store.tables import ACTIVE_RUN, PENDING_DELIVERY, RUN_WITH_EVAL_JOB, SCHEDULED_RUN
+from flowsvc.store.tables import (
+    ACTIVE_RUN,
+    ANSWERED_BY_REQUEST,
+    PENDING_DELIVERY,
+    RUN_WITH_EVAL_JOB,
+    SCHEDULED_RUN,
+)
 from flowsvc.store.webhook_store import SqlWebhookStore
 from tests.harness import sqlite_url
 from tests.store.test_store_contract import database_url
@@ -109,6 +116,30 @@ def test_the_expiry_sweep_reads_only_sessions_due(
     ]
 
 
+def test_a_retried_answer_finds_its_step_among_the_steps_answered_by_request(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    path = tmp_path / "plans.db"
+
+    async def look_up() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        flows = SqlStore(db)
+        try:
+            statements.clear()
+            runs = SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0))
+            await runs.step_by_input_request("session", "request")
+        finally:
+            await db.close()
+
+    asyncio.run(look_up())
+    [(statement, parameters)] = statements
+    assert plan(path, statement, parameters) == [
+        "SEARCH session_steps USING INDEX ix_session_steps_input_request "
+        "(session_id=? AND input_request_id=?)"
+    ]
+
+
 def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_session(
     tmp_path: Path, statements: list[tuple[str, Any]]
 ) -> None:
@@ -161,12 +192,13 @@ def test_the_partial_indexes_hold_only_the_rows_their_lookups_ask_for(
         "ix_flow_runs_schedule_created": SCHEDULED_RUN,
         "ix_flow_runs_eval_job": RUN_WITH_EVAL_JOB,
         "ix_webhook_deliveries_order": PENDING_DELIVERY,
+        "ix_session_steps_input_request": ANSWERED_BY_REQUEST,
     }
     for name, words in partial.items():
         if engine.dialect.name == "sqlite":  # kept as written: the queries' words must match
             assert predicate(name) == words
         else:  # printed back its own way: ((status)::text = ANY ((ARRAY[...])::text[]))
             column = words.split(" ", 1)[0]
-            assert f"({column})::text" in predicate(name), definitions[name]
+            assert column in predicate(name), definitions[name]
     whole_table = {"ix_flow_runs_status", "ix_flow_runs_org_status", "ix_flow_runs_session_status"}
     assert not whole_table & set(definitions)

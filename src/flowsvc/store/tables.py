@@ -68,6 +68,7 @@ ACTIVE_RUN = "status IN ('QUEUED', 'RUNNING')"
 SCHEDULED_RUN = "schedule_id != ''"
 RUN_WITH_EVAL_JOB = "eval_job_id != ''"
 PENDING_DELIVERY = "status = 'PENDING'"
+ANSWERED_BY_REQUEST = "input_request_id IS NOT NULL"
 
 
 def _partial(name: str, *columns: str, where: str) -> Index:
@@ -76,7 +77,8 @@ def _partial(name: str, *columns: str, where: str) -> Index:
     one commit) or with no schedule or evaluation adds no entry to them, and, on a long-lived
     session, no page of theirs is written for it. Webhook deliveries' order index holds the
     pending ones: the claim's look for an earlier pending delivery of the same session then
-    reads those, not every delivery the session ever had."""
+    reads those, not every delivery the session ever had. Steps answered with a request id:
+    a retried SubmitUserInput finds its step among those, not among all the session's."""
     return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
 
 
@@ -254,6 +256,12 @@ class SessionStepRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_session_steps_session_position", "session_id", "position"),
         Index("ix_session_steps_run_position", "run_id", "position"),
+        _partial(
+            "ix_session_steps_input_request",
+            "session_id",
+            "input_request_id",
+            where=ANSWERED_BY_REQUEST,
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=36)

@@ -19,6 +19,9 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
+from flowsvc.domain.flows import FlowCatalog
+from flowsvc.domain.limits import Limits
+from flowsvc.domain.model import Step, StepType, Transition
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
@@ -39,6 +42,7 @@ from tests.store.test_store_contract import database_url
 
 __all__ = ["database_url"]  # the contract suite's backends
 
+START, END = StepType.START, StepType.END
 PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_flow_runs_eval_job")
 
 
@@ -160,6 +164,37 @@ def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_s
     steps = plan(path, statement, parameters)
     earlier_pending = "ix_webhook_deliveries_order (webhook_id=? AND session_id=? AND seq<?)"
     assert f"SEARCH e USING INDEX {earlier_pending}" in steps, steps
+
+
+def test_deleting_a_flow_reads_only_its_own_rows(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    """The cascade runs under the write lock: a scan of every session, run or job there is
+    would hold every other write back for as long as it takes."""
+    path = tmp_path / "plans.db"
+
+    async def delete_one() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        flows = SqlStore(db)
+        try:
+            catalog = FlowCatalog(flows, Limits())
+            ends = [Step(id="", name=n, step_type=t) for n, t in (("start", START), ("end", END))]
+            to_end = Transition(
+                id="", source_step_id="", target_step_id="", source="start", target="end"
+            )
+            flow = await catalog.create_flow("org", "flow", "", ends, [to_end])
+            statements.clear()
+            assert await flows.delete_flow("org", flow.id)
+        finally:
+            await db.close()
+
+    asyncio.run(delete_one())
+    deletes = [(s, p) for s, p in statements if s.startswith("DELETE")]
+    assert len(deletes) == 8  # the flow, events, steps, messages, runs, jobs, sessions, versions
+    for statement, parameters in deletes:
+        steps = plan(path, statement, parameters)
+        assert not [s for s in steps if s.startswith("SCAN")], (statement, steps)
 
 
 def test_the_partial_indexes_hold_only_the_rows_their_lookups_ask_for(

@@ -216,15 +216,22 @@ class SqlStore:
             if not result.rowcount:
                 return False
             # The flow goes with its versions, its sessions (their steps, runs, events and
-            # messages) and its evaluation jobs.
-            of_flow = select(sessions_table.c.id).where(sessions_table.c.live_flow_id == flow_id)
+            # messages) and its evaluation jobs. Every one is the organisation's: named with
+            # it, each delete reads its (organisation, flow) index rather than the whole table
+            # while it holds the write lock.
+            of_flow = select(sessions_table.c.id).where(
+                sessions_table.c.organisation_id == org, sessions_table.c.live_flow_id == flow_id
+            )
             for child in (events_table, steps_table, messages_table):
                 await conn.execute(delete(child).where(child.c.session_id.in_(of_flow)))
-            await conn.execute(delete(runs_table).where(runs_table.c.flow_id == flow_id))
-            await conn.execute(delete(jobs_table).where(jobs_table.c.flow_id == flow_id))
-            await conn.execute(
-                delete(sessions_table).where(sessions_table.c.live_flow_id == flow_id)
-            )
+            for table, flow_column in (
+                (runs_table, runs_table.c.flow_id),
+                (jobs_table, jobs_table.c.flow_id),
+                (sessions_table, sessions_table.c.live_flow_id),
+            ):
+                await conn.execute(
+                    delete(table).where(table.c.organisation_id == org, flow_column == flow_id)
+                )
             await conn.execute(delete(versions).where(versions.c.flow_id == flow_id))
         self._flows.pop(flow_id, None)
         for stale in [k for k, v in self._versions.items() if v.flow_id == flow_id]:

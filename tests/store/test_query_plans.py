@@ -1,10 +1,13 @@
 """The lookups made again and again — active runs, runs whose evaluation job is missing,
 sessions due to expire, webhook deliveries to claim, the step a retried SubmitUserInput
-answered — read only the rows they look for. Active, scheduled and evaluated runs, pending
-deliveries and steps answered by request go through partial indexes, which hold no entry for
-a finished run (nor one with no schedule or evaluation), a delivery made or a step answered
-without a request id, so neither those lookups nor a run's writes grow with the history kept.
-The plans are SQLite's, whose planner must see the indexes' predicates in the queries."""
+answered, a schedule's runs — do not read the history kept. Active, scheduled and evaluated
+runs, pending deliveries and steps answered by request go through partial indexes, which hold
+no entry for a finished run (nor one with no schedule or evaluation), a delivery made or a step
+answered without a request id, so neither those lookups nor a run's writes grow with history.
+(Lookups of active runs by a column the active indexes do not start with — cancel requests,
+counts by organisation, a schedule's active run — read every active run: bounded by the work
+in flight, not by what is stored.) The plans are SQLite's, whose planner must see the indexes'
+predicates in the queries."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from sqlalchemy.engine import Engine
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.domain.limits import Limits
 from flowsvc.domain.model import Step, StepType, Transition
+from flowsvc.domain.paging import Page
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
@@ -164,6 +168,28 @@ def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_s
     steps = plan(path, statement, parameters)
     earlier_pending = "ix_webhook_deliveries_order (webhook_id=? AND session_id=? AND seq<?)"
     assert f"SEARCH e USING INDEX {earlier_pending}" in steps, steps
+
+
+def test_a_schedules_runs_are_listed_from_the_index_of_scheduled_runs(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    path = tmp_path / "plans.db"
+
+    async def list_them() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        flows = SqlStore(db)
+        try:
+            statements.clear()
+            runs = SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0))
+            await runs.list_runs("org", "", "", Page(size=10, after=None), schedule_id="schedule")
+        finally:
+            await db.close()
+
+    asyncio.run(list_them())
+    [(statement, parameters)] = statements
+    [search] = plan(path, statement, parameters)
+    assert search.startswith("SEARCH flow_runs USING INDEX ix_flow_runs_schedule_created"), search
 
 
 def test_deleting_a_flow_reads_only_its_own_rows(

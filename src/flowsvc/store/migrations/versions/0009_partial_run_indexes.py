@@ -4,11 +4,11 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-03
 
-Every run had an entry in three status indexes, the schedule index and (through its empty
-eval_job_id) nothing asked about: pages written on every commit for rows no query looks up
-by those keys. Queries ask only for active runs (QUEUED, RUNNING), runs of a schedule and runs
-that named an evaluation job, so the indexes now hold only those rows: a run inserted already
-finished, with no schedule and no evaluation, adds no entry to any of them.
+Every run had an entry in three status indexes and in the schedule index (under an empty
+schedule_id when it had none): pages written on every commit for rows no query looks up by
+those keys. Queries ask only for active runs (QUEUED, RUNNING), runs of a schedule and (a new
+index) runs that named an evaluation job, so the indexes hold only those rows: a run inserted
+already finished, with no schedule and no evaluation, adds no entry to any of them.
 """
 
 from alembic import op

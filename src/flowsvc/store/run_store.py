@@ -71,6 +71,15 @@ _SESSION_MESSAGES = (
     .order_by(messages.c.position)
 )
 _RUN_STEPS = select(steps).where(steps.c.run_id == bindparam("run_id")).order_by(steps.c.position)
+# A session's last step (params: session_id), and its last step in a status (and: status):
+# every SubmitUserInput looks up the step waiting for input.
+_LAST_STEP = (
+    select(steps)
+    .where(steps.c.session_id == bindparam("session_id"))
+    .order_by(steps.c.position.desc())
+    .limit(1)
+)
+_LAST_STEP_IN = _LAST_STEP.where(steps.c.status == bindparam("status"))
 # The run a request id made in an organisation (params: org, request_id).
 RUN_ID_BY_REQUEST = select(runs.c.id).where(
     runs.c.organisation_id == bindparam("org"), runs.c.request_id == bindparam("request_id")
@@ -171,13 +180,14 @@ class SqlRunStore:
     async def last_step(
         self, session_id: str, status: str = "", excluding: Collection[str] = ()
     ) -> SessionStep | None:
-        query = select(steps).where(steps.c.session_id == session_id)
-        if status:
-            query = query.where(steps.c.status == status)
-        if excluding:
+        query = _LAST_STEP_IN if status else _LAST_STEP
+        if excluding:  # a rollback's: rare, built when needed
             query = query.where(steps.c.id.not_in(list(excluding)))
+        params = {"session_id": session_id}
+        if status:
+            params["status"] = status
         async with self.db.read() as conn:
-            found = await self._steps(conn, query.order_by(steps.c.position.desc()).limit(1))
+            found = await self._steps(conn, query, params)
         return found[0] if found else None
 
     async def step_by_input_request(self, session_id: str, request_id: str) -> SessionStep | None:

@@ -24,8 +24,9 @@ from sqlalchemy.engine import Engine
 
 from flowsvc.domain.flows import FlowCatalog
 from flowsvc.domain.limits import Limits
-from flowsvc.domain.model import Step, StepType, Transition
+from flowsvc.domain.model import FlowVersion, Step, StepType, Transition
 from flowsvc.domain.paging import Page
+from flowsvc.domain.runs import Journal
 from flowsvc.store.database import Database
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
@@ -42,12 +43,20 @@ from flowsvc.store.tables import (
 )
 from flowsvc.store.webhook_store import SqlWebhookStore
 from tests.harness import sqlite_url
-from tests.store.test_store_contract import database_url
+from tests.store.test_store_contract import a_session, database_url
 
 __all__ = ["database_url"]  # the contract suite's backends
 
 START, END = StepType.START, StepType.END
 PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_flow_runs_eval_job")
+
+
+async def a_flow_version(flows: SqlStore) -> FlowVersion:
+    ends = [Step(id="", name=n, step_type=t) for n, t in (("start", START), ("end", END))]
+    to_end = Transition(id="", source_step_id="", target_step_id="", source="start", target="end")
+    flow = await FlowCatalog(flows, Limits()).create_flow("org", "flow", "", ends, [to_end])
+    assert flow.current_version is not None
+    return flow.current_version
 
 
 @pytest.fixture
@@ -170,6 +179,33 @@ def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_s
     assert f"SEARCH e USING INDEX {earlier_pending}" in steps, steps
 
 
+def test_a_released_session_is_checked_for_queued_runs_among_active_runs_only(
+    tmp_path: Path, statements: list[tuple[str, Any]]
+) -> None:
+    """Giving a lease up asks, in the same commit, whether runs were queued on the session
+    meanwhile: a long session's finished runs must not be read to answer."""
+    path = tmp_path / "plans.db"
+
+    async def release() -> None:
+        db = Database(sqlite_url(path))
+        await db.migrate()
+        flows = SqlStore(db)
+        writer = JournalWriter(db, "replica", 1.0)
+        try:
+            version = await a_flow_version(flows)
+            statements.clear()
+            await writer.record(Journal(session=a_session(version), epoch=1, release=True))
+        finally:
+            await writer.close()
+            await db.close()
+
+    asyncio.run(release())
+    [(statement, parameters)] = [(s, p) for s, p in statements if "SELECT DISTINCT" in s]
+    assert plan(path, statement, parameters) == [
+        "SEARCH flow_runs USING INDEX ix_flow_runs_active_session (session_id=?)"
+    ]
+
+
 def test_a_schedules_runs_are_listed_from_the_index_of_scheduled_runs(
     tmp_path: Path, statements: list[tuple[str, Any]]
 ) -> None:
@@ -204,14 +240,9 @@ def test_deleting_a_flow_reads_only_its_own_rows(
         await db.migrate()
         flows = SqlStore(db)
         try:
-            catalog = FlowCatalog(flows, Limits())
-            ends = [Step(id="", name=n, step_type=t) for n, t in (("start", START), ("end", END))]
-            to_end = Transition(
-                id="", source_step_id="", target_step_id="", source="start", target="end"
-            )
-            flow = await catalog.create_flow("org", "flow", "", ends, [to_end])
+            version = await a_flow_version(flows)
             statements.clear()
-            assert await flows.delete_flow("org", flow.id)
+            assert await flows.delete_flow("org", version.flow_id)
         finally:
             await db.close()
 

@@ -61,7 +61,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
 
 
-# The predicates of flow_runs' partial indexes. A query uses such an index only if its WHERE
+# The predicates of the partial indexes below. A query uses such an index only if its WHERE
 # holds the same predicate with the same constants (SQLite matches the expression, not its
 # meaning; PostgreSQL cannot prove it from a bound parameter): store queries include these.
 ACTIVE_RUN = "status IN ('QUEUED', 'RUNNING')"

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 
@@ -47,6 +47,7 @@ from tests.store.test_store_contract import a_session, database_url
 
 __all__ = ["database_url"]  # the contract suite's backends
 
+T = TypeVar("T")
 START, END = StepType.START, StepType.END
 PARTIAL = ("ix_flow_runs_active_session", "ix_flow_runs_active_org_flow", "ix_flow_runs_eval_job")
 
@@ -59,8 +60,26 @@ async def a_flow_version(flows: SqlStore) -> FlowVersion:
     return flow.current_version
 
 
-@pytest.fixture
-def statements() -> Iterator[list[tuple[str, Any]]]:
+def on_a_new_store(url: str, act: Callable[[Database], Awaitable[T]]) -> T:
+    """`act` on a freshly migrated database, closed afterwards."""
+
+    async def main() -> T:
+        db = Database(url)
+        await db.migrate()
+        try:
+            return await act(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+def run_store(db: Database) -> SqlRunStore:
+    return SqlRunStore(db, SqlStore(db), JournalWriter(db, "replica", 1.0))
+
+
+@contextmanager
+def capturing() -> Iterator[list[tuple[str, Any]]]:
     """The statements any engine executes meanwhile, with their parameters."""
     seen: list[tuple[str, Any]] = []
 
@@ -68,8 +87,10 @@ def statements() -> Iterator[list[tuple[str, Any]]]:
         seen.append((statement, parameters))
 
     event.listen(Engine, "before_cursor_execute", capture)
-    yield seen
-    event.remove(Engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
 
 
 def plan(path: Path, statement: str, parameters: Any) -> list[str]:
@@ -77,17 +98,12 @@ def plan(path: Path, statement: str, parameters: Any) -> list[str]:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
 
 
-def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
-    tmp_path: Path, statements: list[tuple[str, Any]]
-) -> None:
+def test_active_and_unevaluated_runs_are_found_through_partial_indexes(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def lookups() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
+    async def lookups(db: Database) -> list[tuple[str, Any]]:
         leases = SqlLeases(db, "replica", 1.0)
-        try:
-            statements.clear()  # the migration's own
+        with capturing() as seen:
             await leases.claimable(10)
             await leases.active_runs("session")
             await leases.active_runs_of_flow("org", "flow")
@@ -95,10 +111,9 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
             await leases.cancel_requests()
             await SqlScheduleStore(db, "replica").has_active_run("schedule")
             await SqlEvalStore(db, "replica", 1.0).runs_missing_jobs()
-        finally:
-            await db.close()
+        return seen
 
-    asyncio.run(lookups())
+    statements = on_a_new_store(sqlite_url(path), lookups)
 
     assert len(statements) == 7
     for statement, parameters in statements:
@@ -109,48 +124,31 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(
         assert not any(s.startswith("SCAN s") and "flow_runs" not in s for s in steps), steps
 
 
-def test_the_expiry_sweep_reads_only_sessions_due(
-    tmp_path: Path, statements: list[tuple[str, Any]]
-) -> None:
+def test_the_expiry_sweep_reads_only_sessions_due(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def sweep() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
-        flows = SqlStore(db)
-        try:
-            statements.clear()
-            await SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0)).sessions_expired_by(
-                datetime.now(UTC), 500
-            )
-        finally:
-            await db.close()
+    async def sweep(db: Database) -> list[tuple[str, Any]]:
+        with capturing() as seen:
+            await run_store(db).sessions_expired_by(datetime.now(UTC), 500)
+        return seen
 
-    asyncio.run(sweep())
-    [(statement, parameters)] = statements
+    [(statement, parameters)] = on_a_new_store(sqlite_url(path), sweep)
     assert plan(path, statement, parameters) == [
         "SEARCH sessions USING INDEX ix_sessions_expiry (status=? AND expires_at<?)"
     ]
 
 
 def test_a_retried_answer_finds_its_step_among_the_steps_answered_by_request(
-    tmp_path: Path, statements: list[tuple[str, Any]]
+    tmp_path: Path,
 ) -> None:
     path = tmp_path / "plans.db"
 
-    async def look_up() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
-        flows = SqlStore(db)
-        try:
-            statements.clear()
-            runs = SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0))
-            await runs.step_by_input_request("session", "request")
-        finally:
-            await db.close()
+    async def look_up(db: Database) -> list[tuple[str, Any]]:
+        with capturing() as seen:
+            await run_store(db).step_by_input_request("session", "request")
+        return seen
 
-    asyncio.run(look_up())
-    [(statement, parameters)] = statements
+    [(statement, parameters)] = on_a_new_store(sqlite_url(path), look_up)
     assert plan(path, statement, parameters) == [
         "SEARCH session_steps USING INDEX ix_session_steps_input_request "
         "(session_id=? AND input_request_id=?)"
@@ -158,95 +156,76 @@ def test_a_retried_answer_finds_its_step_among_the_steps_answered_by_request(
 
 
 def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_session(
-    tmp_path: Path, statements: list[tuple[str, Any]]
+    tmp_path: Path,
 ) -> None:
     path = tmp_path / "plans.db"
 
-    async def claim() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
-        try:
-            statements.clear()
+    async def claim(db: Database) -> list[tuple[str, Any]]:
+        with capturing() as seen:
             await SqlWebhookStore(db, "replica").claim_deliveries(10, 1.0)
-        finally:
-            await db.close()
+        return seen
 
-    asyncio.run(claim())
-    claim_statement = [(s, p) for s, p in statements if s.startswith("UPDATE webhook_deliveries")]
-    [(statement, parameters)] = claim_statement
+    statements = on_a_new_store(sqlite_url(path), claim)
+    [(statement, parameters)] = [
+        (s, p) for s, p in statements if s.startswith("UPDATE webhook_deliveries")
+    ]
     steps = plan(path, statement, parameters)
     earlier_pending = "ix_webhook_deliveries_order (webhook_id=? AND session_id=? AND seq<?)"
     assert f"SEARCH e USING INDEX {earlier_pending}" in steps, steps
 
 
 def test_a_released_session_is_checked_for_queued_runs_among_active_runs_only(
-    tmp_path: Path, statements: list[tuple[str, Any]]
+    tmp_path: Path,
 ) -> None:
     """Giving a lease up asks, in the same commit, whether runs were queued on the session
     meanwhile: a long session's finished runs must not be read to answer."""
     path = tmp_path / "plans.db"
 
-    async def release() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
-        flows = SqlStore(db)
+    async def release(db: Database) -> list[tuple[str, Any]]:
+        version = await a_flow_version(SqlStore(db))
         writer = JournalWriter(db, "replica", 1.0)
         try:
-            version = await a_flow_version(flows)
-            statements.clear()
-            await writer.record(Journal(session=a_session(version), epoch=1, release=True))
+            with capturing() as seen:
+                await writer.record(Journal(session=a_session(version), epoch=1, release=True))
         finally:
             await writer.close()
-            await db.close()
+        return seen
 
-    asyncio.run(release())
+    statements = on_a_new_store(sqlite_url(path), release)
     [(statement, parameters)] = [(s, p) for s, p in statements if "SELECT DISTINCT" in s]
     assert plan(path, statement, parameters) == [
         "SEARCH flow_runs USING INDEX ix_flow_runs_active_session (session_id=?)"
     ]
 
 
-def test_a_schedules_runs_are_listed_from_the_index_of_scheduled_runs(
-    tmp_path: Path, statements: list[tuple[str, Any]]
-) -> None:
+def test_a_schedules_runs_are_listed_from_the_index_of_scheduled_runs(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def list_them() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
-        flows = SqlStore(db)
-        try:
-            statements.clear()
-            runs = SqlRunStore(db, flows, JournalWriter(db, "replica", 1.0))
-            await runs.list_runs("org", "", "", Page(size=10, after=None), schedule_id="schedule")
-        finally:
-            await db.close()
+    async def list_them(db: Database) -> list[tuple[str, Any]]:
+        with capturing() as seen:
+            await run_store(db).list_runs(
+                "org", "", "", Page(size=10, after=None), schedule_id="schedule"
+            )
+        return seen
 
-    asyncio.run(list_them())
-    [(statement, parameters)] = statements
+    [(statement, parameters)] = on_a_new_store(sqlite_url(path), list_them)
     [search] = plan(path, statement, parameters)
     assert search.startswith("SEARCH flow_runs USING INDEX ix_flow_runs_schedule_created"), search
 
 
-def test_deleting_a_flow_reads_only_its_own_rows(
-    tmp_path: Path, statements: list[tuple[str, Any]]
-) -> None:
+def test_deleting_a_flow_reads_only_its_own_rows(tmp_path: Path) -> None:
     """The cascade runs under the write lock: a scan of every session, run or job there is
     would hold every other write back for as long as it takes."""
     path = tmp_path / "plans.db"
 
-    async def delete_one() -> None:
-        db = Database(sqlite_url(path))
-        await db.migrate()
+    async def delete_one(db: Database) -> list[tuple[str, Any]]:
         flows = SqlStore(db)
-        try:
-            version = await a_flow_version(flows)
-            statements.clear()
+        version = await a_flow_version(flows)
+        with capturing() as seen:
             assert await flows.delete_flow("org", version.flow_id)
-        finally:
-            await db.close()
+        return seen
 
-    asyncio.run(delete_one())
+    statements = on_a_new_store(sqlite_url(path), delete_one)
     deletes = [(s, p) for s, p in statements if s.startswith("DELETE")]
     assert len(deletes) == 8  # the flow, events, steps, messages, runs, jobs, sessions, versions
     for statement, parameters in deletes:
@@ -257,13 +236,10 @@ def test_deleting_a_flow_reads_only_its_own_rows(
 def test_the_partial_indexes_hold_only_the_rows_their_lookups_ask_for(
     database_url: str,
 ) -> None:
-    async def migrate() -> str:
-        db = Database(database_url)
-        await db.migrate()
-        await db.close()
+    async def sync_url(db: Database) -> Any:
         return db.sync_url
 
-    engine = create_engine(asyncio.run(migrate()))
+    engine = create_engine(on_a_new_store(database_url, sync_url))
     catalog = (
         "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
         if engine.dialect.name == "sqlite"
@@ -271,7 +247,7 @@ def test_the_partial_indexes_hold_only_the_rows_their_lookups_ask_for(
     )
     try:
         with engine.connect() as conn:
-            definitions = {r[0]: r[1] for r in conn.execute(text(catalog))}
+            definitions: dict[str, str] = {r[0]: r[1] for r in conn.execute(text(catalog))}
     finally:
         engine.dispose()
 

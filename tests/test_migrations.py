@@ -16,8 +16,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 
+from flowsvc.store.column_types import UTCDateTime
 from flowsvc.store.database import MIGRATIONS, Database
-from flowsvc.store.tables import SessionMessageRow, UTCDateTime, metadata
+from flowsvc.store.tables import SessionMessageRow, metadata
 from tests import postgres
 from tests.harness import sqlite_url
 
@@ -61,7 +62,7 @@ def test_batch_writer_stores_datetimes_exactly_as_sqlalchemy_does() -> None:
 
     from sqlalchemy.dialects import sqlite
 
-    from flowsvc.store.tables import UTCDateTime
+    from flowsvc.store.column_types import UTCDateTime
 
     dialect = sqlite.dialect()
     kind = UTCDateTime()

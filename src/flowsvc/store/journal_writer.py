@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal, RunStatus
+from flowsvc.store.column_types import UTCDateTime
 from flowsvc.store.database import (
     Database,
     driver_placeholder,
@@ -52,7 +53,6 @@ from flowsvc.store.tables import (
     SessionMessageRow,
     SessionRow,
     SessionStepRow,
-    UTCDateTime,
 )
 
 log = logging.getLogger("flowsvc.store")

@@ -26,12 +26,12 @@ from flowsvc.domain.webhooks import (
     Webhook,
     WebhookDelivery,
 )
+from flowsvc.store.column_types import UTCDateTime
 from flowsvc.store.database import Database, driver_placeholder, now_ms_sql
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import (
     PENDING_DELIVERY,
     OrgWebhookSecretRow,
-    UTCDateTime,
     WebhookDeliveryRow,
     WebhookRow,
 )

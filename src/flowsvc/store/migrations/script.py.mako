@@ -9,6 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 import sqlmodel
 
+import flowsvc.store.column_types
 import flowsvc.store.tables
 ${imports if imports else ""}
 

@@ -11,14 +11,16 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
+import psycopg
 
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.graphs import long_chain
-from tests.harness import wait_until
+from tests.harness import ChildServer, Client, wait_until
 from tests.postgres import fresh_database
 from tests.replicas import (
+    Cluster,
     GatedOpenAI,
     active_runs,
     assert_each_step_once,
@@ -134,6 +136,19 @@ def test_kill_9_of_one_of_three_replicas_under_load_loses_nothing(tmp_path: Path
             fake.close()
 
 
+def _two_replicas_and_a_run_in_a_model_call_on_the_first(
+    c: Cluster, fake: GatedOpenAI, after: int = 2
+) -> tuple[ChildServer, Client, str]:
+    """Replicas A and B; a session created on A, its run waiting in A's gated model call.
+    Returns A's process, B's client and the session."""
+    a_server, _ = c.start(2)
+    a, b = c.clients
+    flow = new_flow(a, gated_flow(after=after))
+    session = a.sessions.CreateSession(ss.CreateSessionRequest(live_flow_id=flow)).id
+    wait_until(lambda: fake.entered >= 1, timeout=60)
+    return a_server, b, str(session)
+
+
 def _events_and_steps(url: str, session: str) -> tuple[list[object], list[object]]:
     return (
         stored_events(url, session),  # type: ignore[list-item]
@@ -150,11 +165,9 @@ def test_frozen_replica_that_lost_its_lease_writes_nothing_when_it_wakes(tmp_pat
     fake = GatedOpenAI()
     with fresh_database() as url, cluster(url, tmp_path, _openai_env(fake)) as c:
         try:
-            a_server, _ = c.start(2)
-            a, b = c.clients
-            flow = new_flow(a, gated_flow(after=3))
-            session = a.sessions.CreateSession(ss.CreateSessionRequest(live_flow_id=flow)).id
-            wait_until(lambda: fake.entered >= 1, timeout=60)  # A is in the model call
+            a_server, b, session = _two_replicas_and_a_run_in_a_model_call_on_the_first(
+                c, fake, after=3
+            )
             a_server.signal(signal.SIGSTOP)
             # Past A's lease (2 s), B claims the session and redoes the step in flight.
             wait_until(lambda: fake.entered >= 2, timeout=60)
@@ -174,17 +187,49 @@ def test_frozen_replica_that_lost_its_lease_writes_nothing_when_it_wakes(tmp_pat
             fake.close()
 
 
+def test_replica_frozen_inside_a_commit_does_not_hold_its_session_from_the_others(
+    tmp_path: Path,
+) -> None:
+    # Frozen (stopped, paused VM, cut off) between a statement and its COMMIT, a replica holds
+    # the row locks it took; the database ends a transaction idle past half a lease, so the
+    # others can take the session once the lease runs out, not once the replica wakes.
+    fake = GatedOpenAI()
+    with fresh_database() as url, cluster(url, tmp_path, _openai_env(fake)) as c:
+        try:
+            a_server, b, session = _two_replicas_and_a_run_in_a_model_call_on_the_first(c, fake)
+            with psycopg.connect(url) as blocker:
+                # A's next commit takes the session's row, then waits here to update its run.
+                blocker.execute(
+                    "SELECT 1 FROM flow_runs WHERE session_id = %s FOR UPDATE", (session,)
+                )
+                fake.gate.set()
+                wait_until(lambda: _updating_a_run_behind_a_lock(url), timeout=60)
+                a_server.signal(signal.SIGSTOP)
+            # The update done, A's transaction waits for a COMMIT a frozen A never sends.
+            wait_until(lambda: session_status(b, session) == COMPLETED, timeout=60)
+            a_server.signal(signal.SIGCONT)
+            assert_each_step_once(url, session, steps_per_run=5)
+        finally:
+            fake.close()
+
+
+def _updating_a_run_behind_a_lock(url: str) -> bool:
+    return bool(
+        rows(
+            url,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE flow_runs%%'",
+        )
+    )
+
+
 def test_sigterm_hands_sessions_over_without_waiting_for_the_lease(tmp_path: Path) -> None:
     fake = GatedOpenAI()
     # Leases of a minute: a takeover well within it is the release, not the expiry.
     env = {**_openai_env(fake), "FLOWSVC_LEASE_SECONDS": "60"}
     with fresh_database() as url, cluster(url, tmp_path, env) as c:
         try:
-            a_server, _ = c.start(2)
-            a, b = c.clients
-            flow = new_flow(a, gated_flow())
-            session = a.sessions.CreateSession(ss.CreateSessionRequest(live_flow_id=flow)).id
-            wait_until(lambda: fake.entered >= 1, timeout=60)
+            a_server, b, session = _two_replicas_and_a_run_in_a_model_call_on_the_first(c, fake)
             a_server.signal(signal.SIGTERM)
             assert a_server.wait(timeout=30) == 0
             wait_until(lambda: fake.entered >= 2, timeout=30)  # B redoes the step

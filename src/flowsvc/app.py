@@ -126,6 +126,9 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         normalize_database_url(settings.database_url),
         sqlite_synchronous=settings.sqlite_synchronous,
         read_pool_size=settings.read_pool_size,
+        # Ended well before the lease runs out: a frozen replica's open transaction must not
+        # hold its session's row when another replica comes to claim it.
+        idle_transaction_limit=settings.lease_seconds / 2,
     )
     await database.migrate()
     replica_id = new_id()

@@ -81,6 +81,25 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _limit_idle_transactions(engine: AsyncEngine | Engine, seconds: float) -> None:
+    """PostgreSQL ends a transaction of ours left idle past `seconds`, closing its connection
+    and releasing its locks. A replica frozen or cut off between a statement and its COMMIT
+    would otherwise hold the rows it locked (its session's, against every other replica's
+    claim) until it woke; its own writes were fenced by then anyway."""
+    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    setting = f"SET idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
+
+    @event.listens_for(target, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Outside a transaction, so that no rollback undoes it; once per connection.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        cursor = dbapi_connection.cursor()
+        cursor.execute(setting)
+        cursor.close()
+        dbapi_connection.autocommit = autocommit
+
+
 # Any number to name the migration lock by: replicas starting together take turns.
 MIGRATION_LOCK = 0x666C6F77  # "flow"
 
@@ -138,10 +157,20 @@ class Database:
     """One writer connection behind a lock (SQLite has one writer anyway) and a reader pool."""
 
     def __init__(
-        self, url: str, *, sqlite_synchronous: str = "NORMAL", read_pool_size: int = 0
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        read_pool_size: int = 0,
+        idle_transaction_limit: float | None = None,
     ) -> None:
+        """idle_transaction_limit: seconds PostgreSQL lets a transaction of this process's
+        wait between statements before ending it (none by default; a server passes half its
+        lease)."""
         parsed = make_url(url)
         self.url = url
+        sqlite = parsed.get_backend_name() == "sqlite"
+        self._idle_transaction_limit = None if sqlite else idle_transaction_limit
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if read_pool_size <= 0:
             # SQLite's readers are threads sharing this interpreter's lock with the event loop
@@ -162,6 +191,8 @@ class Database:
                 isolation_level="READ COMMITTED",
                 **JSON_OPTIONS,
             )
+            if idle_transaction_limit is not None:
+                _limit_idle_transactions(self.writer, idle_transaction_limit)
             # Reads are single statements: in autocommit they cost no BEGIN and no ROLLBACK.
             self.reader: AsyncEngine | None = create_async_engine(
                 url,
@@ -213,6 +244,8 @@ class Database:
         )
         if self.is_sqlite:
             _sqlite_pragmas(engine, self._sqlite_synchronous, immediate=True)
+        elif self._idle_transaction_limit is not None:
+            _limit_idle_transactions(engine, self._idle_transaction_limit)
         return engine
 
     def hold_exclusively(self) -> None:

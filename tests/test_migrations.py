@@ -13,9 +13,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Engine
 
+from flowsvc.config import normalize_database_url
 from flowsvc.store.column_types import UTCDateTime
 from flowsvc.store.database import MIGRATIONS, Database
 from flowsvc.store.tables import SessionMessageRow, metadata
@@ -81,6 +83,28 @@ def test_batch_writer_stores_datetimes_exactly_as_sqlalchemy_does() -> None:
         datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
     ):
         assert fast(value) == reference(value)
+
+
+def test_a_migration_on_postgresql_is_not_ended_by_the_idle_transaction_limit() -> None:
+    # A server's connections have PostgreSQL end a transaction idle past half a lease (1 s
+    # with the tests' leases); alembic reads its scripts between a migration's statements.
+    # A limit of a millisecond, shorter than those pauses, must not end the migration.
+    with postgres.fresh_database() as url:
+
+        async def run() -> str:
+            db = Database(normalize_database_url(url), idle_transaction_limit=0.001)
+            try:
+                await db.migrate()
+                async with db.read() as conn:
+                    return str(
+                        (await conn.execute(sa.text("SELECT version_num FROM alembic_version")))
+                        .scalar_one()
+                    )
+            finally:
+                await db.close()
+
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert asyncio.run(run()) == head
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import psycopg
+import pytest
 
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import resources_pb2 as pb
@@ -187,25 +188,37 @@ def test_frozen_replica_that_lost_its_lease_writes_nothing_when_it_wakes(tmp_pat
             fake.close()
 
 
+# Where replica A's commit is held up, after it has locked the session's row: what the test
+# holds to stop it there, and how A's waiting statement begins.
+HOLD_UPS = {
+    "updating its run": (
+        "SELECT 1 FROM flow_runs WHERE session_id = %s FOR UPDATE",
+        "UPDATE flow_runs",
+    ),
+    # Then, its COPY begun, the database waits on A for the rows, in the middle of a statement:
+    # no idle-transaction limit applies; the other replicas end it.
+    "copying its events in": ("LOCK TABLE run_events IN SHARE MODE", "COPY run_events"),
+}
+
+
+@pytest.mark.parametrize("held_up", HOLD_UPS)
 def test_replica_frozen_inside_a_commit_does_not_hold_its_session_from_the_others(
-    tmp_path: Path,
+    tmp_path: Path, held_up: str
 ) -> None:
     # Frozen (stopped, paused VM, cut off) between a statement and its COMMIT, a replica holds
     # the row locks it took; the database ends a transaction idle past half a lease, so the
     # others can take the session once the lease runs out, not once the replica wakes.
+    hold, statement = HOLD_UPS[held_up]
     fake = GatedOpenAI()
     with fresh_database() as url, cluster(url, tmp_path, _openai_env(fake)) as c:
         try:
             a_server, b, session = _two_replicas_and_a_run_in_a_model_call_on_the_first(c, fake)
             with psycopg.connect(url) as blocker:
-                # A's next commit takes the session's row, then waits here to update its run.
-                blocker.execute(
-                    "SELECT 1 FROM flow_runs WHERE session_id = %s FOR UPDATE", (session,)
-                )
-                fake.gate.set()
-                wait_until(lambda: _updating_a_run_behind_a_lock(url), timeout=60)
+                blocker.execute(hold, (session,) if "%s" in hold else ())
+                fake.gate.set()  # A's next commit takes the session's row, then waits on hold
+                wait_until(lambda: _waiting_on_a_lock(url, statement), timeout=60)
                 a_server.signal(signal.SIGSTOP)
-            # The update done, A's transaction waits for a COMMIT a frozen A never sends.
+            # A's transaction waits for a frozen A: for the rest of its COPY, or its COMMIT.
             wait_until(lambda: session_status(b, session) == COMPLETED, timeout=60)
             a_server.signal(signal.SIGCONT)
             assert_each_step_once(url, session, steps_per_run=5)
@@ -213,12 +226,13 @@ def test_replica_frozen_inside_a_commit_does_not_hold_its_session_from_the_other
             fake.close()
 
 
-def _updating_a_run_behind_a_lock(url: str) -> bool:
+def _waiting_on_a_lock(url: str, statement: str) -> bool:
     return bool(
         rows(
             url,
             "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
-            "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE flow_runs%%'",
+            "AND wait_event_type = 'Lock' AND starts_with(query, %s)",
+            (statement,),
         )
     )
 

@@ -100,6 +100,12 @@ def _limit_idle_transactions(engine: AsyncEngine | Engine, seconds: float) -> No
         dbapi_connection.autocommit = autocommit
 
 
+# How PostgreSQL lists this service's connections (pg_stat_activity.application_name): a
+# replica ends another's transactions stalled mid-statement by it (lease_store.py).
+APPLICATION_NAME = "flowsvc"
+_TAGGED = {"connect_args": {"application_name": APPLICATION_NAME}}
+
+
 # Any number to name the migration lock by: replicas starting together take turns.
 MIGRATION_LOCK = 0x666C6F77  # "flow"
 
@@ -120,6 +126,9 @@ def _run_migrations(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Held to the end of the migration's transaction; a replica that waited finds the
         # schema at head and changes nothing.
+        # Alembic reads its scripts between statements: a migration is not an abandoned
+        # transaction, however long it sits idle (a server limits its own to half a lease).
+        connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -170,7 +179,7 @@ class Database:
         parsed = make_url(url)
         self.url = url
         sqlite = parsed.get_backend_name() == "sqlite"
-        self._idle_transaction_limit = None if sqlite else idle_transaction_limit
+        self.idle_transaction_limit = None if sqlite else idle_transaction_limit
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if read_pool_size <= 0:
             # SQLite's readers are threads sharing this interpreter's lock with the event loop
@@ -189,6 +198,7 @@ class Database:
                 max_overflow=4,
                 pool_pre_ping=True,
                 isolation_level="READ COMMITTED",
+                **_TAGGED,
                 **JSON_OPTIONS,
             )
             if idle_transaction_limit is not None:
@@ -200,6 +210,7 @@ class Database:
                 max_overflow=4,
                 pool_pre_ping=True,
                 isolation_level="AUTOCOMMIT",
+                **_TAGGED,
                 **JSON_OPTIONS,
             )
         self.dialect_name = parsed.get_backend_name()
@@ -240,12 +251,17 @@ class Database:
     def sync_engine(self) -> Engine:
         """A blocking engine of one connection, for a thread of its own."""
         engine = create_engine(
-            self.sync_url, pool_size=1, max_overflow=0, pool_pre_ping=True, **JSON_OPTIONS
+            self.sync_url,
+            pool_size=1,
+            max_overflow=0,
+            pool_pre_ping=True,
+            **({} if self.is_sqlite else _TAGGED),
+            **JSON_OPTIONS,
         )
         if self.is_sqlite:
             _sqlite_pragmas(engine, self._sqlite_synchronous, immediate=True)
-        elif self._idle_transaction_limit is not None:
-            _limit_idle_transactions(engine, self._idle_transaction_limit)
+        elif self.idle_transaction_limit is not None:
+            _limit_idle_transactions(engine, self.idle_transaction_limit)
         return engine
 
     def hold_exclusively(self) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import RequestIdTaken
 from flowsvc.domain.ports import SessionClaim
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import Database, now_ms_sql, takes_a_request_id
+from flowsvc.store.database import APPLICATION_NAME, Database, now_ms_sql, takes_a_request_id
 from flowsvc.store.run_codec import run_from, run_row, session_from
 from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, SessionRow
 
@@ -59,6 +59,15 @@ class SqlLeases:
             f"WHERE owner_id = :me AND {_ACTIVE_JOB}"
         )
         self._renewer: Engine | None = None
+        # A connection of this service in the middle of a statement, waiting for its process
+        # to send the rest (COPY rows, a pipeline's next message) for longer than the idle
+        # limit: PostgreSQL's idle-transaction limit does not reach it, so replicas end it.
+        self._end_stalled = text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = :app "
+            "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event = 'ClientRead' "
+            "AND state_change < clock_timestamp() - make_interval(secs => :limit)"
+        )
 
     async def claim_session(self, org: str, session_id: str) -> SessionClaim:
         """Take the session's lease if it is free, expired or already this replica's."""
@@ -98,6 +107,21 @@ class SqlLeases:
                 kept.update(r[0] for r in rows)
             conn.execute(self._renew_jobs, {"me": self.owner_id})
         return kept
+
+    def end_stalled_writes(self) -> int:
+        """End this service's transactions (any replica's) whose connection has waited in the
+        middle of a statement for its process longer than the idle limit: a replica frozen or
+        cut off there holds its row locks against every claim until it wakes, as one between
+        statements would if PostgreSQL did not end it. Returns how many (blocking: a thread's).
+        A replica that was only slow has its batch refused and commits it again."""
+        limit = self.db.idle_transaction_limit
+        if limit is None:
+            return 0
+        if self._renewer is None:
+            self._renewer = self.db.sync_engine()
+        with self._renewer.begin() as conn:
+            ended = conn.execute(self._end_stalled, {"app": APPLICATION_NAME, "limit": limit})
+            return sum(1 for (done,) in ended if done)
 
     def close(self) -> None:
         if self._renewer is not None:

@@ -206,6 +206,7 @@ class SessionRegistry:
 
         def renew_forever() -> None:
             while not self._stop.wait(interval):
+                self._end_stalled_writes()
                 try:
                     held = self._snapshot()
                     if not held:
@@ -220,6 +221,18 @@ class SessionRegistry:
 
         self._renewer = threading.Thread(target=renew_forever, name="flowsvc-leases", daemon=True)
         self._renewer.start()
+
+    def _end_stalled_writes(self) -> None:
+        try:
+            ended = self._leases.end_stalled_writes()
+        except Exception:
+            log.warning("could not end stalled writes", exc_info=True)
+            return
+        if ended:
+            log.warning(
+                "ended writes stalled mid-statement (a replica frozen or cut off)",
+                extra={"count": ended},
+            )
 
     def _snapshot(self) -> list[tuple[str, int]]:
         while True:

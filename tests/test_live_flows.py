@@ -223,6 +223,27 @@ def test_update_changes_only_masked_fields(client: Client) -> None:
     assert client.flows.GetLiveFlow(svc.GetLiveFlowRequest(id=flow.id)).name == "after"
 
 
+def test_update_without_a_mask_changes_only_the_fields_given(client: Client) -> None:
+    flow = client.flows.CreateLiveFlow(create_request("before", description="keep me"))
+    updated = client.flows.UpdateLiveFlow(
+        svc.UpdateLiveFlowRequest(live_flow=pb.LiveFlow(id=flow.id, name="after"))
+    )
+    assert (updated.name, updated.description) == ("after", "keep me")
+
+
+def test_update_with_the_mask_star_replaces_all_fields_clearing_those_not_given(
+    client: Client,
+) -> None:
+    flow = client.flows.CreateLiveFlow(create_request("before", description="clear me"))
+    updated = client.flows.UpdateLiveFlow(
+        svc.UpdateLiveFlowRequest(
+            live_flow=pb.LiveFlow(id=flow.id, name="after"),
+            update_mask=field_mask_pb2.FieldMask(paths=["*"]),
+        )
+    )
+    assert (updated.name, updated.description) == ("after", "")
+
+
 def test_update_with_unknown_mask_path_is_invalid(client: Client) -> None:
     flow = client.flows.CreateLiveFlow(create_request())
     violations = invalid(

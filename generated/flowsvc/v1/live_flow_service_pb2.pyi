@@ -142,7 +142,9 @@ class UpdateLiveFlowRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Paths: "name", "description", "auto_eval_flow_ids"."""
+        """Paths: "name", "description", "auto_eval_flow_ids", or "*" alone for all three. Empty: the
+        fields of live_flow that are set (non-empty).
+        """
 
     def __init__(
         self,

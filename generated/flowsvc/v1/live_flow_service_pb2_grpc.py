@@ -125,7 +125,8 @@ class LiveFlowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateLiveFlow(self, request, context):
-        """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
+        """Updates name, description and auto_eval_flow_ids named in update_mask; without a mask, those
+        given non-empty (AIP-134); "*" names all three, so that one can be cleared.
         Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
         auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
         """

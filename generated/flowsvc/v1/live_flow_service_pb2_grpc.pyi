@@ -56,7 +56,8 @@ class LiveFlowServiceStub:
     ListLiveFlows: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListLiveFlowsRequest, _live_flow_service_pb2.ListLiveFlowsResponse]
     """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     UpdateLiveFlow: _grpc.UnaryUnaryMultiCallable[_live_flow_service_pb2.UpdateLiveFlowRequest, _resources_pb2.LiveFlow]
-    """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
+    """Updates name, description and auto_eval_flow_ids named in update_mask; without a mask, those
+    given non-empty (AIP-134); "*" names all three, so that one can be cleared.
     Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
     auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
     """
@@ -102,7 +103,8 @@ class LiveFlowServiceAsyncStub(LiveFlowServiceStub):
     ListLiveFlows: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.ListLiveFlowsRequest, _live_flow_service_pb2.ListLiveFlowsResponse]  # type: ignore[assignment]
     """Newest first. Errors: INVALID_ARGUMENT (negative page_size, bad page_token)."""
     UpdateLiveFlow: _aio.UnaryUnaryMultiCallable[_live_flow_service_pb2.UpdateLiveFlowRequest, _resources_pb2.LiveFlow]  # type: ignore[assignment]
-    """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
+    """Updates name, description and auto_eval_flow_ids named in update_mask; without a mask, those
+    given non-empty (AIP-134); "*" names all three, so that one can be cleared.
     Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
     auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
     """
@@ -169,7 +171,8 @@ class LiveFlowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _live_flow_service_pb2.UpdateLiveFlowRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.LiveFlow, _abc.Awaitable[_resources_pb2.LiveFlow]]:
-        """Updates name, description and auto_eval_flow_ids named in update_mask (all three when empty).
+        """Updates name, description and auto_eval_flow_ids named in update_mask; without a mask, those
+        given non-empty (AIP-134); "*" names all three, so that one can be cleared.
         Errors: INVALID_ARGUMENT (empty live_flow.id, unknown mask path, bad value, an
         auto_eval_flow_ids entry that is not one of the organisation's flows), NOT_FOUND.
         """

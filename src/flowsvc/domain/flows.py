@@ -139,7 +139,14 @@ class FlowCatalog:
         self, org: str, flow_id: str, values: dict[str, Any], mask: Sequence[str]
     ) -> LiveFlow:
         require_id("live_flow.id", flow_id, "live flow")
-        paths = list(mask) or list(UPDATABLE_FIELDS)
+        # AIP-134: no mask means the fields given (non-empty); "*" means all of them, so that
+        # a field can be cleared.
+        if not mask:
+            paths = [f for f in UPDATABLE_FIELDS if values[f]]
+        elif list(mask) == ["*"]:
+            paths = list(UPDATABLE_FIELDS)
+        else:
+            paths = list(mask)
         unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
         if unknown:
             raise InvalidArgument(

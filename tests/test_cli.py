@@ -15,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
+from flowsvc.v1 import live_flow_service_pb2 as lfs
 from tests.conftest import Deployment
-from tests.harness import ROOT
+from tests.graphs import create_request
+from tests.harness import ROOT, Client
 
 
 def flowsvc(
@@ -53,6 +55,30 @@ def test_apply_creates_then_says_unchanged_then_publishes_a_changed_graph(
     assert listed.returncode == 0 and "ask-then-answer" in listed.stdout
     shown = flowsvc(deployment, "flows", "get", "ask-then-answer")
     assert shown.returncode == 0 and "INPUT" in shown.stdout and "version:     2" in shown.stdout
+
+
+def test_apply_to_a_name_several_flows_share_asks_for_the_id_and_takes_it(
+    deployment: Deployment, client: Client, tmp_path: Path
+) -> None:
+    document = json.loads((ROOT / "examples/flow.json").read_text())
+    document["name"] = "shared-name"
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps(document))
+    first = flowsvc(deployment, "flows", "apply", str(path), "-o", "json")
+    assert first.returncode == 0, first.stderr
+    flow_id = json.loads(first.stdout)["id"]
+    client.flows.CreateLiveFlow(create_request("shared-name"))  # another of that name
+    ambiguous = flowsvc(deployment, "flows", "apply", str(path))
+    assert ambiguous.returncode == 2
+    assert flow_id in ambiguous.stderr and "--id" in ambiguous.stderr
+    named = flowsvc(deployment, "flows", "apply", str(path), "--id", flow_id)
+    assert named.returncode == 0, named.stderr
+    assert f"({flow_id}): graph unchanged, version 1" in named.stdout
+    document["name"] = "renamed"
+    path.write_text(json.dumps(document))
+    renamed = flowsvc(deployment, "flows", "apply", str(path), "--id", flow_id)
+    assert renamed.returncode == 0 and "updated name" in renamed.stdout, renamed.stderr
+    assert client.flows.GetLiveFlow(lfs.GetLiveFlowRequest(id=flow_id)).name == "renamed"
 
 
 def test_bad_flow_files_are_refused_locally_naming_the_field(

@@ -36,6 +36,15 @@ Limit = Annotated[int, typer.Option(help="show at most this many, newest first")
 @flows.command("apply")
 def flows_apply(
     file: Annotated[Path, typer.Argument(help="a flow as YAML or JSON (proto JSON mapping)")],
+    flow_id: Annotated[
+        str,
+        typer.Option(
+            "--id",
+            help="apply FILE to this flow (renamed to FILE's name if it differs), not to the "
+            "one named in FILE: for names that several flows share",
+            show_default=False,
+        ),
+    ] = "",
     server: Server = None,
     api_key: ApiKey = None,
     out: OutputOpt = Output.text,
@@ -46,9 +55,18 @@ def flows_apply(
         request = flowfile.load(file)
         graph = flowfile.validated(request, file)
         async with connect(server, api_key) as client:
-            existing = await find_flows(client, request.name)
+            existing = (
+                [await client.get_live_flow(flow_id)]
+                if flow_id
+                else await find_flows(client, request.name)
+            )
             if len(existing) > 1:
-                raise Failure(USAGE, f"{len(existing)} flows are named {request.name!r}")
+                ids = ", ".join(f.id for f in existing)
+                raise Failure(
+                    USAGE,
+                    f"{len(existing)} flows are named {request.name!r} ({ids}); "
+                    "name the one to apply with --id",
+                )
             if not existing:
                 flow = await client.create_live_flow(
                     name=request.name,
@@ -77,6 +95,8 @@ async def _update(
     """Bring an existing flow in line with the file; say what changed."""
     said: list[str] = []
     mask: list[str] = []
+    if flow.name != request.name:
+        mask.append("name")
     if flow.description != request.description:
         mask.append("description")
     if list(flow.auto_eval_flow_ids) != list(request.auto_eval_flow_ids):
@@ -84,6 +104,7 @@ async def _update(
     if mask:
         changed = pb.LiveFlow(
             id=flow.id,
+            name=request.name,
             description=request.description,
             auto_eval_flow_ids=request.auto_eval_flow_ids,
         )
@@ -100,7 +121,7 @@ async def _update(
             flow_id=flow.id, steps=request.steps, step_transitions=request.step_transitions
         )
         said.append(f"published version {version.version}")
-    return f"flow {flow.name} ({flow.id}): " + "; ".join(said)
+    return f"flow {request.name} ({flow.id}): " + "; ".join(said)
 
 
 @flows.command("list")

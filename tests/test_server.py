@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowsvc.api.server import SERVICE_NAMES
 from flowsvc.v1 import live_flow_service_pb2 as svc
+from tests import postgres
 from tests.conftest import Deployment
 from tests.graphs import create_request
 from tests.harness import ChildServer, bearer, connect, iter_lines, mint_key, sqlite_url
@@ -177,6 +179,44 @@ def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
     finally:
         server.signal(signal.SIGTERM)
         server.wait()
+
+
+def _serve(
+    database_url: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowsvc", "serve", "--listen", "127.0.0.1:0",
+         "--database-url", database_url],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("FLOWSVC_MAX_PAGE_SIZE", "abc", "FLOWSVC_MAX_PAGE_SIZE='abc': not a whole number"),
+        ("FLOWSVC_LEASE_SECONDS", "1,5", "FLOWSVC_LEASE_SECONDS='1,5': not a number"),
+        ("FLOWSVC_MODEL_PRICES", "{bad", "FLOWSVC_MODEL_PRICES: not JSON"),
+        ("FLOWSVC_LOG_LEVEL", "loud", "FLOWSVC_LOG_LEVEL='LOUD': one of DEBUG, INFO"),
+    ],
+)
+def test_serve_refuses_a_setting_that_does_not_parse_naming_it(
+    tmp_path: Path, variable: str, value: str, said: str
+) -> None:
+    refused = _serve(sqlite_url(tmp_path / "db.sqlite"), {variable: value})
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"flowsvc: {said}")
+    assert "Traceback" not in refused.stderr
+
+
+def test_serve_says_in_one_line_why_it_has_no_database() -> None:
+    postgres.require()
+    missing = postgres.ADMIN.rsplit("/", 1)[0] + "/flowsvc_no_such_database"
+    refused = _serve(missing)
+    assert refused.returncode == 1
+    assert 'flowsvc: no database to serve: ' in refused.stderr
+    assert 'database "flowsvc_no_such_database" does not exist' in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_log_lines_are_json(tmp_path: Path) -> None:

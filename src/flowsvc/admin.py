@@ -17,7 +17,7 @@ from sqlalchemy import make_url
 from flowsvc import logs
 from flowsvc.app import serve
 from flowsvc.config import Settings, normalize_database_url
-from flowsvc.domain.errors import InvalidArgument
+from flowsvc.domain.errors import InvalidArgument, Unavailable
 from flowsvc.domain.ids import now
 from flowsvc.domain.keys import Keys
 from flowsvc.store.database import Database
@@ -125,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     secret_cmd.add_argument("--database-url", help="SQLAlchemy URL (env FLOWSVC_DATABASE_URL)")
 
     args = parser.parse_args(argv)
-    settings = Settings.from_env(
-        listen=getattr(args, "listen", None),
-        database_url=args.database_url,
-        metrics_listen=getattr(args, "metrics_listen", None),
-    )
+    try:
+        settings = Settings.from_env(
+            listen=getattr(args, "listen", None),
+            database_url=args.database_url,
+            metrics_listen=getattr(args, "metrics_listen", None),
+        )
+    except ValueError as exc:
+        print(f"flowsvc: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level)
     if args.command == "serve":
         # Said before anything else, so an operator sees which database keys must go to.
@@ -142,11 +146,21 @@ def main(argv: list[str] | None = None) -> int:
             logs.flush()  # the lines logged before it come first
             print(f"flowsvc: {exc}", file=sys.stderr)
             return 1
+        except Unavailable as exc:  # at start: the database refused or is not there
+            logs.flush()
+            print(f"flowsvc: no database to serve: {_first_line(exc.__cause__)}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "webhook-secret":
         print(asyncio.run(_webhook_secret(settings, args.org, args.rotate)))
         return 0
     return _keys_command(args, settings)
+
+
+def _first_line(cause: BaseException | None) -> str:
+    """What the driver said, without SQLAlchemy's appendix (the statement, a link)."""
+    said = str(getattr(cause, "orig", None) or cause or "").strip()
+    return said.splitlines()[0] if said else "no reason given"
 
 
 async def _webhook_secret(settings: Settings, org: str, rotate: bool) -> str:

@@ -4,15 +4,58 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from typing import TypeVar
 
 from flowsvc.domain.ids import now
 from flowsvc.domain.limits import Limits
 from flowsvc.locations import default_database_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+T = TypeVar("T")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class _Env:
+    """FLOWSVC_* variables parsed; one that does not parse stops the start, named (a
+    ValueError the command prints as one line), never a traceback about int()."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def integer(self, name: str, default: int) -> int:
+        return self._parsed(name, default, int, "not a whole number")
+
+    def number(self, name: str, default: float) -> float:
+        return self._parsed(name, default, float, "not a number")
+
+    def _parsed(self, name: str, default: T, parse: Callable[[str], T], problem: str) -> T:
+        raw = self._env.get(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r}: {problem}") from None
+
+    def json_object(self, name: str) -> dict[str, object]:
+        raw = self._env.get(name, "{}")
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError(f"{name}: not JSON ({exc})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: a JSON object is expected")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self._env.get(name, default).upper()
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r}: one of {', '.join(allowed)}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -85,55 +128,54 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         env = os.environ
+        e = _Env(env)
         values: dict[str, object] = {
             "listen": env.get("FLOWSVC_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("FLOWSVC_DATABASE_URL") or default_database_url(),
-            "grace_seconds": float(env.get("FLOWSVC_GRACE_SECONDS", "10")),
-            "sqlite_synchronous": env.get("FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL").upper(),
-            "read_pool_size": int(env.get("FLOWSVC_READ_POOL_SIZE", "0")),
-            "log_level": env.get("FLOWSVC_LOG_LEVEL", "INFO").upper(),
-            "step_limit": int(env.get("FLOWSVC_STEP_LIMIT", "1000")),
-            "subscriber_queue": int(env.get("FLOWSVC_SUBSCRIBER_QUEUE", "1024")),
-            "stream_write_timeout": float(env.get("FLOWSVC_STREAM_WRITE_TIMEOUT", "10")),
+            "grace_seconds": e.number("FLOWSVC_GRACE_SECONDS", 10),
+            "sqlite_synchronous": e.choice("FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL", SYNCHRONOUS),
+            "read_pool_size": e.integer("FLOWSVC_READ_POOL_SIZE", 0),
+            "log_level": e.choice("FLOWSVC_LOG_LEVEL", "INFO", LOG_LEVELS),
+            "step_limit": e.integer("FLOWSVC_STEP_LIMIT", 1000),
+            "subscriber_queue": e.integer("FLOWSVC_SUBSCRIBER_QUEUE", 1024),
+            "stream_write_timeout": e.number("FLOWSVC_STREAM_WRITE_TIMEOUT", 10),
             "openai_base_url": env.get("FLOWSVC_OPENAI_BASE_URL", ""),
             "openai_api_key": env.get("FLOWSVC_OPENAI_API_KEY", ""),
-            "model_endpoints": json.loads(env.get("FLOWSVC_MODEL_ENDPOINTS", "{}")),
-            "model_timeout": float(env.get("FLOWSVC_MODEL_TIMEOUT", "60")),
-            "model_max_retries": int(env.get("FLOWSVC_MODEL_MAX_RETRIES", "2")),
-            "step_timeout": float(env.get("FLOWSVC_STEP_TIMEOUT", "300")),
-            "model_prices": json.loads(env.get("FLOWSVC_MODEL_PRICES", "{}")),
+            "model_endpoints": e.json_object("FLOWSVC_MODEL_ENDPOINTS"),
+            "model_timeout": e.number("FLOWSVC_MODEL_TIMEOUT", 60),
+            "model_max_retries": e.integer("FLOWSVC_MODEL_MAX_RETRIES", 2),
+            "step_timeout": e.number("FLOWSVC_STEP_TIMEOUT", 300),
+            "model_prices": e.json_object("FLOWSVC_MODEL_PRICES"),
             "http_allow_hosts": tuple(
                 h.strip() for h in env.get("FLOWSVC_HTTP_ALLOW_HOSTS", "").split(",") if h.strip()
             ),
-            "http_timeout": float(env.get("FLOWSVC_HTTP_TIMEOUT", "10")),
-            "http_max_response_bytes": int(env.get("FLOWSVC_HTTP_MAX_RESPONSE_BYTES", "1048576")),
+            "http_timeout": e.number("FLOWSVC_HTTP_TIMEOUT", 10),
+            "http_max_response_bytes": e.integer("FLOWSVC_HTTP_MAX_RESPONSE_BYTES", 1048576),
             "tls_cert_file": env.get("FLOWSVC_TLS_CERT", ""),
             "tls_key_file": env.get("FLOWSVC_TLS_KEY", ""),
             "tls_client_ca_file": env.get("FLOWSVC_TLS_CLIENT_CA", ""),
-            "lease_seconds": float(env.get("FLOWSVC_LEASE_SECONDS", "10")),
+            "lease_seconds": e.number("FLOWSVC_LEASE_SECONDS", 10),
             "metrics_listen": env.get("FLOWSVC_METRICS_LISTEN", ""),
             "metrics_flow_ids": tuple(
                 f.strip() for f in env.get("FLOWSVC_METRICS_FLOW_IDS", "").split(",") if f.strip()
             ),
-            "claim_poll_seconds": float(env.get("FLOWSVC_CLAIM_POLL_SECONDS", "0.5")),
-            "feed_poll_seconds": float(env.get("FLOWSVC_FEED_POLL_SECONDS", "1")),
-            "webhook_timeout": float(env.get("FLOWSVC_WEBHOOK_TIMEOUT", "10")),
-            "webhook_retry_base_seconds": float(env.get("FLOWSVC_WEBHOOK_RETRY_BASE_SECONDS", "5")),
-            "webhook_retry_window_seconds": float(
-                env.get("FLOWSVC_WEBHOOK_RETRY_WINDOW_SECONDS", "86400")
-            ),
-            "webhook_poll_seconds": float(env.get("FLOWSVC_WEBHOOK_POLL_SECONDS", "0.5")),
-            "schedule_poll_seconds": float(env.get("FLOWSVC_SCHEDULE_POLL_SECONDS", "0.5")),
+            "claim_poll_seconds": e.number("FLOWSVC_CLAIM_POLL_SECONDS", 0.5),
+            "feed_poll_seconds": e.number("FLOWSVC_FEED_POLL_SECONDS", 1),
+            "webhook_timeout": e.number("FLOWSVC_WEBHOOK_TIMEOUT", 10),
+            "webhook_retry_base_seconds": e.number("FLOWSVC_WEBHOOK_RETRY_BASE_SECONDS", 5),
+            "webhook_retry_window_seconds": e.number("FLOWSVC_WEBHOOK_RETRY_WINDOW_SECONDS", 86400),
+            "webhook_poll_seconds": e.number("FLOWSVC_WEBHOOK_POLL_SECONDS", 0.5),
+            "schedule_poll_seconds": e.number("FLOWSVC_SCHEDULE_POLL_SECONDS", 0.5),
         }
         limits = {
-            f.name: int(env[f"FLOWSVC_{f.name.upper()}"])
+            f.name: e.integer(f"FLOWSVC_{f.name.upper()}", 0)
             for f in fields(Limits)
             if f"FLOWSVC_{f.name.upper()}" in env
         }
         if limits:
             values["limits"] = Limits(**limits)
         if "FLOWSVC_MAX_REQUEST_BYTES" in env:
-            values["max_request_bytes"] = int(env["FLOWSVC_MAX_REQUEST_BYTES"])
+            values["max_request_bytes"] = e.integer("FLOWSVC_MAX_REQUEST_BYTES", 0)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 

@@ -102,6 +102,13 @@ def test_step_type_required(client: Client) -> None:
     assert "steps[1].step_type" in v
 
 
+def test_a_step_type_the_contract_does_not_define_is_named_unknown_not_missing(
+    client: Client,
+) -> None:
+    v = violations(client, *linear(START, pb.Step(name="mystery", step_type=99), END))  # type: ignore[arg-type]
+    assert v["steps[1].step_type"] == "unknown StepType value 99"
+
+
 def test_llm_step_needs_a_prompt(client: Client) -> None:
     v = violations(client, *linear(START, step("llm", "LLM"), END))
     assert "steps[1].prompt_template" in v

@@ -75,8 +75,8 @@ def validated(request: lfs.CreateLiveFlowRequest, path: Path) -> Graph:
         problems.append("steps: a flow file needs a graph (at least a START and an END step)")
     graph = None
     if request.steps:
-        steps, transitions = graph_from_pb(request.steps, request.step_transitions)
         try:
+            steps, transitions = graph_from_pb(request.steps, request.step_transitions)
             graph = validate_graph(steps, transitions, Limits(), _local_ids())
         except InvalidArgument as exc:
             problems += [f"{v.field}: {v.description}" for v in exc.violations]

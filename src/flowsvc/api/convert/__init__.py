@@ -4,6 +4,7 @@
 from flowsvc.api.convert.batches import event_batches
 from flowsvc.api.convert.flows import (
     graph_from_pb,
+    known_enum,
     step_from_pb,
     step_to_pb,
     timestamp,
@@ -18,7 +19,6 @@ from flowsvc.api.convert.records import (
     event_bytes,
     event_to_pb,
     flow_to_pb,
-    known_enum,
     message_from_pb,
     message_to_pb,
     run_options_from_pb,

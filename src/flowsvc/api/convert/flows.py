@@ -4,14 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from flowsvc.domain import model
+from flowsvc.domain.errors import FieldViolation, InvalidArgument
 from flowsvc.v1 import resources_pb2 as pb
 
 _STEP_TYPE_TO_PB = {t: pb.StepType.Value(f"STEP_TYPE_{t.value}") for t in model.StepType}
 _STEP_TYPE_FROM_PB = {v: k for k, v in _STEP_TYPE_TO_PB.items()}
+
+
+_KNOWN_VALUES: dict[Any, frozenset[int]] = {}
+
+
+def known_enum(value: int, enum: Any, field: str) -> int:
+    """Proto3 enums are open: a number the contract does not define arrives as is. Refuse it
+    rather than read it as the default, which would silently do something the caller did
+    not ask for (no filter, the basic view, an evaluation mode that is none of them)."""
+    known = _KNOWN_VALUES.get(enum)
+    if known is None:
+        known = _KNOWN_VALUES[enum] = frozenset(enum.values())  # values() is a new list a call
+    if value not in known:
+        raise InvalidArgument.one(field, f"unknown {enum.DESCRIPTOR.name} value {value}")
+    return value
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -91,6 +108,14 @@ def transition_from_pb(t: pb.StepTransition) -> model.Transition:
 def graph_from_pb(
     steps: Iterable[pb.Step], transitions: Iterable[pb.StepTransition]
 ) -> tuple[list[model.Step], list[model.Transition]]:
+    steps = list(steps)
+    unknown = [
+        FieldViolation(f"steps[{i}].step_type", f"unknown StepType value {s.step_type}")
+        for i, s in enumerate(steps)
+        if s.step_type not in _STEP_TYPE_FROM_PB and s.step_type != pb.STEP_TYPE_UNSPECIFIED
+    ]
+    if unknown:
+        raise InvalidArgument(unknown)
     return [step_from_pb(s) for s in steps], [transition_from_pb(t) for t in transitions]
 
 

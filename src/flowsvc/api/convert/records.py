@@ -10,7 +10,13 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowsvc.api.convert.flows import definition_pb, step_pb_at, timestamp, version_to_pb
+from flowsvc.api.convert.flows import (
+    definition_pb,
+    known_enum,
+    step_pb_at,
+    timestamp,
+    version_to_pb,
+)
 from flowsvc.domain import evals, model, runs
 from flowsvc.domain.errors import InvalidArgument
 from flowsvc.domain.ids import new_id
@@ -29,21 +35,6 @@ _SESSION_STATUS_FROM_PB = {v: k for k, v in _SESSION_STATUS.items()}
 _STEP_STATUS = _enum_map(runs.StepStatus, pb.StepStatus, "STEP_STATUS")
 _RUN_STATUS = _enum_map(runs.RunStatus, pb.RunStatus, "RUN_STATUS")
 _EVENT_TYPE = _enum_map(runs.EventType, pb.RunEventType, "RUN_EVENT_TYPE")
-
-
-_KNOWN_VALUES: dict[Any, frozenset[int]] = {}
-
-
-def known_enum(value: int, enum: Any, field: str) -> int:
-    """Proto3 enums are open: a number the contract does not define arrives as is. Refuse it
-    rather than read it as the default, which would silently do something the caller did
-    not ask for (no filter, the basic view, an evaluation mode that is none of them)."""
-    known = _KNOWN_VALUES.get(enum)
-    if known is None:
-        known = _KNOWN_VALUES[enum] = frozenset(enum.values())  # values() is a new list a call
-    if value not in known:
-        raise InvalidArgument.one(field, f"unknown {enum.DESCRIPTOR.name} value {value}")
-    return value
 
 
 def session_status_from_pb(value: int, field: str) -> str:

@@ -8,6 +8,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -276,3 +277,26 @@ def test_sessions_fork_runs_again_from_a_named_step(deployment: Deployment) -> N
 
     missing = flowsvc(deployment, "sessions", "fork", session, "nope")
     assert missing.returncode == 2 and "no step named 'nope'" in missing.stderr
+
+
+def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(deployment: Deployment) -> None:
+    applied = flowsvc(deployment, "flows", "apply", "examples/flow.json")
+    assert applied.returncode == 0, applied.stderr
+    env = {**os.environ, "FLOWSVC_SERVER": deployment.address,
+           "FLOWSVC_API_KEY": deployment.acme_key}  # fmt: skip
+    said = []
+    # From the imports through the call to the channel's end: every phase of a command.
+    for delay in [0.1 + 0.08 * i for i in range(12)]:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "flowsvc", "run", "support-answer", "-i", "question=hi"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        time.sleep(delay)
+        command.send_signal(signal.SIGINT)
+        _, stderr = command.communicate(timeout=60)
+        if command.returncode != 0:
+            said.append((command.returncode, stderr))
+    assert said, "no command was interrupted: the delays are too long for this machine"
+    # 130, or killed by the signal itself (-2) when it came before Python took SIGINT over.
+    assert all(code in (130, -signal.SIGINT) and "Traceback" not in err and "Exception" not in err
+               for code, err in said), said  # fmt: skip

@@ -10,7 +10,17 @@ import sys
 SERVER_COMMANDS = ("serve", "keys", "webhook-secret")
 
 
+INTERRUPTED = 130  # Ctrl-C, as shells report it
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command took it over (while importing): quiet
+        return INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] in SERVER_COMMANDS:
         try:

@@ -4,11 +4,13 @@ in a line or two instead of a traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import grpc
 import typer
@@ -75,13 +77,25 @@ def execute(work: Callable[[], Coroutine[Any, Any, int]], server: str | None = N
     except FlowsvcError as exc:
         code = _report(exc, server)
     except KeyboardInterrupt:
-        code = INTERRUPTED
+        _leave_interrupted()
     except Exception as exc:
         if os.environ.get("FLOWSVC_DEBUG"):
             raise
         print(f"flowsvc: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 70
     raise typer.Exit(code)
+
+
+def _leave_interrupted() -> NoReturn:
+    """Ctrl-C: exit 130 at once, with what was printed flushed. Not through the interpreter's
+    teardown, where grpc's channels, collected after their event loop closed, print
+    "Exception ignored" tracebacks; nor on a second Ctrl-C. Nothing of a client's is left
+    to save: the server runs on (or ends) what was asked without it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(INTERRUPTED)
 
 
 def _report(error: FlowsvcError, server: str | None) -> int:

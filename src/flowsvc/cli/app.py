@@ -1,6 +1,6 @@
 """The `flowsvc` command tree. Client commands talk to a running server (--server/--api-key or
-FLOWSVC_SERVER/FLOWSVC_API_KEY); `serve` and `keys` are listed here for --help and handled by
-flowsvc.admin."""
+FLOWSVC_SERVER/FLOWSVC_API_KEY); `serve`, `keys` and `webhook-secret` are listed here for
+--help and handled by flowsvc.admin."""
 
 from __future__ import annotations
 
@@ -43,6 +43,12 @@ def keys(ctx: typer.Context) -> None:
     raise typer.Exit(entry(["keys", *ctx.args]))
 
 
+@app.command("webhook-secret", context_settings=_PASS_THROUGH, add_help_option=False)
+def webhook_secret(ctx: typer.Context) -> None:
+    """Print the secret that signs run callbacks (see `flowsvc webhook-secret --help`)."""
+    from flowsvc.__main__ import main as entry
+
+    raise typer.Exit(entry(["webhook-secret", *ctx.args]))
 
 
 def main(argv: list[str]) -> int:

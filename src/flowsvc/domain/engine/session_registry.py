@@ -74,6 +74,7 @@ class SessionRegistry:
         self._sweep: asyncio.TimerHandle | None = None
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
+        self._said_stalled_failure = False
 
     # -- holding --------------------------------------------------------------------------
 
@@ -206,28 +207,35 @@ class SessionRegistry:
 
         def renew_forever() -> None:
             while not self._stop.wait(interval):
-                self._end_stalled_writes()
-                try:
-                    held = self._snapshot()
-                    if not held:
-                        continue
-                    kept = self._leases.renew([sid for sid, _ in held])
-                except Exception:
-                    log.warning("lease renewal failed", exc_info=True)
-                    continue
-                lost = [(sid, epoch) for sid, epoch in held if sid not in kept]
-                if lost:
-                    loop.call_soon_threadsafe(self._lost, lost)
+                self._renew(loop)
+                self._end_stalled_writes()  # after: the leases come first
 
         self._renewer = threading.Thread(target=renew_forever, name="flowsvc-leases", daemon=True)
         self._renewer.start()
+
+    def _renew(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            held = self._snapshot()
+            if not held:
+                return
+            kept = self._leases.renew([sid for sid, _ in held])
+        except Exception:
+            log.warning("lease renewal failed", exc_info=True)
+            return
+        lost = [(sid, epoch) for sid, epoch in held if sid not in kept]
+        if lost:
+            loop.call_soon_threadsafe(self._lost, lost)
 
     def _end_stalled_writes(self) -> None:
         try:
             ended = self._leases.end_stalled_writes()
         except Exception:
-            log.warning("could not end stalled writes", exc_info=True)
+            # Said once (a role that may not end the others' connections says so every time).
+            if not self._said_stalled_failure:
+                self._said_stalled_failure = True
+                log.warning("could not end stalled writes", exc_info=True)
             return
+        self._said_stalled_failure = False
         if ended:
             log.warning(
                 "ended writes stalled mid-statement (a replica frozen or cut off)",

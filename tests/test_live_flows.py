@@ -244,6 +244,19 @@ def test_update_with_the_mask_star_replaces_all_fields_clearing_those_not_given(
     assert (updated.name, updated.description) == ("after", "")
 
 
+def test_update_with_the_mask_star_beside_other_paths_is_invalid(client: Client) -> None:
+    flow = client.flows.CreateLiveFlow(create_request())
+    violations = invalid(
+        lambda: client.flows.UpdateLiveFlow(
+            svc.UpdateLiveFlowRequest(
+                live_flow=pb.LiveFlow(id=flow.id, name="x"),
+                update_mask=field_mask_pb2.FieldMask(paths=["*", "name"]),
+            )
+        )
+    )
+    assert "comes alone" in violations["update_mask"]
+
+
 def test_update_with_unknown_mask_path_is_invalid(client: Client) -> None:
     flow = client.flows.CreateLiveFlow(create_request())
     violations = invalid(

@@ -197,7 +197,8 @@ def _serve(
         ("FLOWSVC_MAX_PAGE_SIZE", "abc", "FLOWSVC_MAX_PAGE_SIZE='abc': not a whole number"),
         ("FLOWSVC_LEASE_SECONDS", "1,5", "FLOWSVC_LEASE_SECONDS='1,5': not a number"),
         ("FLOWSVC_MODEL_PRICES", "{bad", "FLOWSVC_MODEL_PRICES: not JSON"),
-        ("FLOWSVC_LOG_LEVEL", "loud", "FLOWSVC_LOG_LEVEL='LOUD': one of DEBUG, INFO"),
+        ("FLOWSVC_LOG_LEVEL", "loud", "FLOWSVC_LOG_LEVEL='loud': one of CRITICAL, FATAL"),
+        ("FLOWSVC_SQLITE_SYNCHRONOUS", "7", "FLOWSVC_SQLITE_SYNCHRONOUS='7': one of OFF, NORMAL"),
     ],
 )
 def test_serve_refuses_a_setting_that_does_not_parse_naming_it(

@@ -44,7 +44,7 @@ from flowsvc.domain.tools import HttpTool
 from flowsvc.observability.metrics import Metrics
 from flowsvc.observability.telemetry import Observed
 from flowsvc.observability.tracing import tracer_from_env
-from flowsvc.store.database import Database
+from flowsvc.store.database import Database, replica_application_name
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.lease_store import SqlLeases
@@ -122,6 +122,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     """Build a server bound to settings.listen (port 0 picks a free port); not yet started."""
+    replica_id = new_id()
     database = Database(
         normalize_database_url(settings.database_url),
         sqlite_synchronous=settings.sqlite_synchronous,
@@ -129,9 +130,9 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
         # Ended well before the lease runs out: a frozen replica's open transaction must not
         # hold its session's row when another replica comes to claim it.
         idle_transaction_limit=settings.lease_seconds / 2,
+        application_name=replica_application_name(replica_id),
     )
     await database.migrate()
-    replica_id = new_id()
     store = SqlStore(database)
     writer = JournalWriter(database, replica_id, settings.lease_seconds)
     run_store = SqlRunStore(database, store, writer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -15,7 +16,9 @@ from flowsvc.locations import default_database_url
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 T = TypeVar("T")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Every name Python's logging takes (WARN and FATAL included).
+LOG_LEVELS = tuple(logging.getLevelNamesMapping())
+# SQLite's names, in the order of the numbers it also takes (0-3).
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -51,10 +54,16 @@ class _Env:
             raise ValueError(f"{name}: a JSON object is expected")
         return value
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self._env.get(name, default).upper()
+    def choice(
+        self, name: str, default: str, allowed: tuple[str, ...], *, numbered: bool = False
+    ) -> str:
+        """One of `allowed`, in any case (or, `numbered`, its position)."""
+        raw = self._env.get(name, default)
+        value = raw.strip().upper()
+        if numbered and value.isdigit() and int(value) < len(allowed):
+            value = allowed[int(value)]
         if value not in allowed:
-            raise ValueError(f"{name}={value!r}: one of {', '.join(allowed)}")
+            raise ValueError(f"{name}={raw!r}: one of {', '.join(allowed)}")
         return value
 
 
@@ -133,7 +142,9 @@ class Settings:
             "listen": env.get("FLOWSVC_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("FLOWSVC_DATABASE_URL") or default_database_url(),
             "grace_seconds": e.number("FLOWSVC_GRACE_SECONDS", 10),
-            "sqlite_synchronous": e.choice("FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL", SYNCHRONOUS),
+            "sqlite_synchronous": e.choice(
+                "FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL", SYNCHRONOUS, numbered=True
+            ),
             "read_pool_size": e.integer("FLOWSVC_READ_POOL_SIZE", 0),
             "log_level": e.choice("FLOWSVC_LOG_LEVEL", "INFO", LOG_LEVELS),
             "step_limit": e.integer("FLOWSVC_STEP_LIMIT", 1000),

@@ -145,8 +145,15 @@ class FlowCatalog:
             paths = [f for f in UPDATABLE_FIELDS if values[f]]
         elif list(mask) == ["*"]:
             paths = list(UPDATABLE_FIELDS)
+        elif "*" in mask:
+            raise InvalidArgument.one("update_mask", "'*' names every field: it comes alone")
         else:
             paths = list(mask)
+        if not paths:  # nothing given, nothing named: the flow as it is
+            found = await self._store.get_flow(org, flow_id)
+            if found is None:
+                raise NotFound("live flow", flow_id)
+            return found
         unknown = [p for p in paths if p not in UPDATABLE_FIELDS]
         if unknown:
             raise InvalidArgument(

@@ -101,9 +101,16 @@ def _limit_idle_transactions(engine: AsyncEngine | Engine, seconds: float) -> No
 
 
 # How PostgreSQL lists this service's connections (pg_stat_activity.application_name): a
-# replica ends another's transactions stalled mid-statement by it (lease_store.py).
+# server's as "flowsvc:<replica id>", so that a replica can tell the others' transactions
+# stalled mid-statement from its own (lease_store.py); other commands' as "flowsvc".
 APPLICATION_NAME = "flowsvc"
-_TAGGED = {"connect_args": {"application_name": APPLICATION_NAME}}
+REPLICA_PREFIX = "flowsvc:"
+# PostgreSQL takes the idle limit in milliseconds, at most INT_MAX of them.
+_MOST_IDLE_SECONDS = 2_000_000
+
+
+def replica_application_name(replica_id: str) -> str:
+    return REPLICA_PREFIX + replica_id
 
 
 # Any number to name the migration lock by: replicas starting together take turns.
@@ -172,6 +179,7 @@ class Database:
         sqlite_synchronous: str = "NORMAL",
         read_pool_size: int = 0,
         idle_transaction_limit: float | None = None,
+        application_name: str = APPLICATION_NAME,
     ) -> None:
         """idle_transaction_limit: seconds PostgreSQL lets a transaction of this process's
         wait between statements before ending it (none by default; a server passes half its
@@ -179,7 +187,13 @@ class Database:
         parsed = make_url(url)
         self.url = url
         sqlite = parsed.get_backend_name() == "sqlite"
-        self.idle_transaction_limit = None if sqlite else idle_transaction_limit
+        limit = idle_transaction_limit
+        if sqlite or limit is None or not 0 < limit <= _MOST_IDLE_SECONDS:
+            limit = None  # none, or none worth setting (an infinite lease)
+        self.idle_transaction_limit = limit
+        self.application_name = application_name
+        tagged: dict[str, Any] = {"connect_args": {"application_name": application_name}}
+        self._tagged = {} if sqlite else tagged
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if read_pool_size <= 0:
             # SQLite's readers are threads sharing this interpreter's lock with the event loop
@@ -198,11 +212,11 @@ class Database:
                 max_overflow=4,
                 pool_pre_ping=True,
                 isolation_level="READ COMMITTED",
-                **_TAGGED,
+                **tagged,
                 **JSON_OPTIONS,
             )
-            if idle_transaction_limit is not None:
-                _limit_idle_transactions(self.writer, idle_transaction_limit)
+            if limit is not None:
+                _limit_idle_transactions(self.writer, limit)
             # Reads are single statements: in autocommit they cost no BEGIN and no ROLLBACK.
             self.reader: AsyncEngine | None = create_async_engine(
                 url,
@@ -210,7 +224,7 @@ class Database:
                 max_overflow=4,
                 pool_pre_ping=True,
                 isolation_level="AUTOCOMMIT",
-                **_TAGGED,
+                **tagged,
                 **JSON_OPTIONS,
             )
         self.dialect_name = parsed.get_backend_name()
@@ -255,7 +269,7 @@ class Database:
             pool_size=1,
             max_overflow=0,
             pool_pre_ping=True,
-            **({} if self.is_sqlite else _TAGGED),
+            **self._tagged,
             **JSON_OPTIONS,
         )
         if self.is_sqlite:

@@ -143,10 +143,14 @@ class _Statement:
             conn.exec_driver_sql(self.sql, self.params(rows))
             return
         sql, values = self._copy
+        # Made before the COPY begins: from then until its last row the database waits on
+        # this process mid-statement, holding the batch's locks (lease_store.py ends such a
+        # wait of another replica once it outlasts the idle limit).
+        made = [values.of(row) for row in rows]
         raw: Any = conn.connection.dbapi_connection  # psycopg's, in this transaction
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            for row in rows:
-                copy.write_row(values.of(row))
+            for row_values in made:
+                copy.write_row(row_values)
 
 
 class _Values:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import RequestIdTaken
 from flowsvc.domain.ports import SessionClaim
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import APPLICATION_NAME, Database, now_ms_sql, takes_a_request_id
+from flowsvc.store.database import REPLICA_PREFIX, Database, now_ms_sql, takes_a_request_id
 from flowsvc.store.run_codec import run_from, run_row, session_from
 from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, SessionRow
 
@@ -59,14 +59,21 @@ class SqlLeases:
             f"WHERE owner_id = :me AND {_ACTIVE_JOB}"
         )
         self._renewer: Engine | None = None
-        # A connection of this service in the middle of a statement, waiting for its process
+        # Another replica's connection in the middle of a statement, waiting for its process
         # to send the rest (COPY rows, a pipeline's next message) for longer than the idle
-        # limit: PostgreSQL's idle-transaction limit does not reach it, so replicas end it.
+        # limit, while it holds a lock someone waits for: PostgreSQL's idle-transaction
+        # limit does not reach it, so the replicas end it. Not one of this replica's own (it
+        # is not frozen, since it is looking), nor one that blocks nobody (slow is not
+        # stuck), nor one this role may not end (the query would fail for all).
         self._end_stalled = text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND application_name = :app "
-            "AND pid <> pg_backend_pid() AND state = 'active' AND wait_event = 'ClientRead' "
-            "AND state_change < clock_timestamp() - make_interval(secs => :limit)"
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a "
+            "WHERE a.datname = current_database() "
+            "AND a.application_name LIKE :replicas AND a.application_name <> :me "
+            "AND a.state = 'active' AND a.wait_event = 'ClientRead' "
+            "AND a.state_change < clock_timestamp() - make_interval(secs => :limit) "
+            "AND pg_has_role(a.usename, 'MEMBER') "
+            "AND a.pid IN (SELECT unnest(pg_blocking_pids(w.pid)) FROM pg_stat_activity w "
+            "WHERE w.datname = current_database() AND w.wait_event_type = 'Lock')"
         )
 
     async def claim_session(self, org: str, session_id: str) -> SessionClaim:
@@ -109,18 +116,22 @@ class SqlLeases:
         return kept
 
     def end_stalled_writes(self) -> int:
-        """End this service's transactions (any replica's) whose connection has waited in the
-        middle of a statement for its process longer than the idle limit: a replica frozen or
-        cut off there holds its row locks against every claim until it wakes, as one between
-        statements would if PostgreSQL did not end it. Returns how many (blocking: a thread's).
-        A replica that was only slow has its batch refused and commits it again."""
+        """End other replicas' transactions whose connection has waited in the middle of a
+        statement for its process longer than the idle limit, holding locks others wait for:
+        a replica frozen or cut off there holds its row locks against every claim until it
+        wakes, as one between statements would if PostgreSQL did not end it. Returns how many
+        (blocking: a thread's). A replica that was only slow has its batch refused and
+        commits it again."""
         limit = self.db.idle_transaction_limit
         if limit is None:
             return 0
         if self._renewer is None:
             self._renewer = self.db.sync_engine()
         with self._renewer.begin() as conn:
-            ended = conn.execute(self._end_stalled, {"app": APPLICATION_NAME, "limit": limit})
+            ended = conn.execute(
+                self._end_stalled,
+                {"replicas": REPLICA_PREFIX + "%", "me": self.db.application_name, "limit": limit},
+            )
             return sum(1 for (done,) in ended if done)
 
     def close(self) -> None:

@@ -196,7 +196,9 @@ def _read_until(fd: int, needle: str, proc: subprocess.Popen[bytes], timeout: fl
     return seen.decode(errors="replace")
 
 
-def test_live_view_in_a_terminal_asks_and_continues(deployment: Deployment) -> None:
+def _run_asking_in_a_terminal(deployment: Deployment) -> tuple[subprocess.Popen[bytes], int]:
+    """`flowsvc run` of the example INPUT flow on a pseudo-terminal: the process and the
+    terminal's other end (the caller closes it)."""
     assert flowsvc(deployment, "flows", "apply", "examples/input_flow.json").returncode == 0
     primary, secondary = pty.openpty()
     env = {**os.environ, "FLOWSVC_SERVER": deployment.address,
@@ -207,8 +209,28 @@ def test_live_view_in_a_terminal_asks_and_continues(deployment: Deployment) -> N
         stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=ROOT,
     )  # fmt: skip
     os.close(secondary)
+    return proc, primary
+
+
+QUESTION = "What would you like to know about tides?"
+
+
+def test_ctrl_c_at_the_question_exits_130_at_once(deployment: Deployment) -> None:
+    proc, primary = _run_asking_in_a_terminal(deployment)
     try:
-        screen = _read_until(primary, "What would you like to know about tides?", proc)
+        _read_until(primary, QUESTION, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130  # not after a line is typed: none ever is
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(primary)
+
+
+def test_live_view_in_a_terminal_asks_and_continues(deployment: Deployment) -> None:
+    proc, primary = _run_asking_in_a_terminal(deployment)
+    try:
+        screen = _read_until(primary, QUESTION, proc)
         assert "STEP" in screen and "STATUS" in screen  # the live table's header
         assert "start" in screen and "START" in screen
         os.write(primary, b"Why twice a day?\r")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import threading
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Annotated, Any
@@ -100,7 +101,7 @@ async def drive(
             break
         if not interactive:
             return await _report_waiting(client, state, question, out)
-        answer = await asyncio.to_thread(Prompt.ask, question.prompt, console=err)
+        answer = await _ask(question.prompt, err)
         await client.submit_user_input(
             session_id=state.session_id, user_input=answer, step_id=question.id
         )
@@ -121,6 +122,33 @@ async def drive(
         if run.error:
             err.print(f"error: {run.error}", markup=False)
     return OK if run.status == pb.RUN_STATUS_COMPLETE else RUN_FAILED
+
+
+async def _ask(prompt: str, console: Any) -> str:
+    """The terminal's answer, read on a thread of its own that nobody waits for: Ctrl-C at
+    the prompt exits at once (asyncio.to_thread's worker, blocked in input(), held the exit
+    until a line was typed)."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+
+    def settle(value: str | None, error: BaseException | None) -> None:
+        if answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(value or "")
+
+    def ask() -> None:
+        try:
+            value = Prompt.ask(prompt, console=console)
+        except BaseException as exc:  # end of input, the terminal gone
+            loop.call_soon_threadsafe(settle, None, exc)
+            return
+        loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=ask, name="flowsvc-prompt", daemon=True).start()
+    return await answer
 
 
 async def _report_waiting(

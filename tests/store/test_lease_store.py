@@ -15,7 +15,7 @@ from flowsvc.store.database import Database, replica_application_name
 from flowsvc.store.lease_store import SqlLeases
 from tests import postgres
 
-LIMIT = 0.3  # seconds a transaction may wait on its process
+LIMIT = 1.0  # seconds a transaction may wait on its process
 ME = replica_application_name("me")
 
 
@@ -63,18 +63,18 @@ def test_another_replica_s_write_stalled_mid_statement_holding_a_lock_is_ended()
             normalize_database_url(url), idle_transaction_limit=LIMIT, application_name=ME
         )
         leases = SqlLeases(db, "me", 10.0)
-        stalled = {
-            "frozen": (replica_application_name("frozen"), 1),
+        stalled = {  # the one to end last: the others are older, and left anyway
             "blocking nobody": (replica_application_name("slow"), 0),
             "this replica's own": (ME, 2),
             "not the service's": ("psql", 3),
+            "frozen": (replica_application_name("frozen"), 1),
         }
         try:
             with ExitStack() as stack:
                 for name, lock in stalled.values():
                     stack.enter_context(a_copy_left_waiting(url, name, blocking=lock))
                 assert leases.end_stalled_writes() == 0  # not waiting long enough yet
-                time.sleep(LIMIT * 2)
+                time.sleep(LIMIT * 1.5)
                 assert leases.end_stalled_writes() == 1
                 assert active(url) == sorted(
                     name for case, (name, _) in stalled.items() if case != "frozen"

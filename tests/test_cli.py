@@ -102,6 +102,10 @@ def test_bad_flow_files_are_refused_locally_naming_the_field(
         "syntax.yaml": ("name: [", "not YAML"),
         "enum.json": ('{"name": "x", "steps": [{"step_type": "NOPE"}]}', "STEP_TYPE_NOPE"),
         "list.yaml": ("- a\n- b\n", "a flow file is an object"),
+        "field.json": (
+            '{"name": "x", "steps": [{"name": "a", "weird": 2}]}',
+            "steps[0]: unknown field 'weird' (there: id, name, step_type,",
+        ),
     }
     for name, (text, expected) in cases.items():
         (tmp_path / name).write_text(text)
@@ -299,6 +303,14 @@ def test_sessions_fork_runs_again_from_a_named_step(deployment: Deployment) -> N
 
     missing = flowsvc(deployment, "sessions", "fork", session, "nope")
     assert missing.returncode == 2 and "no step named 'nope'" in missing.stderr
+
+
+def test_cancel_of_an_id_neither_run_nor_session_names_both(deployment: Deployment) -> None:
+    done = flowsvc(deployment, "cancel", "01a23f07-0000-7000-8000-000000000000")
+    assert done.returncode == 4
+    assert done.stderr.strip() == (
+        "flowsvc: NOT_FOUND: no run or session '01a23f07-0000-7000-8000-000000000000'"
+    )
 
 
 def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(deployment: Deployment) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,28 @@ def load(path: Path) -> lfs.CreateLiveFlowRequest:
     try:
         json_format.ParseDict(document, request)
     except json_format.ParseError as exc:
-        raise FlowFileError([f"{path}: {exc}"]) from None
+        raise FlowFileError([f"{path}: {_parse_problem(str(exc))}"]) from None
     return request
+
+
+_UNKNOWN_FIELD = re.compile(
+    r'has no field named "([^"]+)" at "([^"]+)"\.?\s*Available Fields\(except extensions\): '
+    r'"\[(.*)\]"'
+)
+
+
+def _parse_problem(said: str) -> str:
+    """protobuf's "no field named" in the file's terms: where, which, and the fields there."""
+    found = _UNKNOWN_FIELD.search(said)
+    if found is None:
+        return said
+    field, at, available = found.groups()
+    where = at.partition(".")[2]  # past the request's own name
+    names = [
+        re.sub(r"(?<!^)([A-Z])", r"_\1", name.strip(" '")).lower()
+        for name in available.split(",")
+    ]
+    return f"{where + ': ' if where else ''}unknown field {field!r} (there: {', '.join(names)})"
 
 
 def validated(request: lfs.CreateLiveFlowRequest, path: Path) -> Graph:

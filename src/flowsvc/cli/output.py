@@ -74,7 +74,12 @@ def when(stamp: Timestamp) -> str:
 
 
 def money(value: float) -> str:
-    return f"${value:.4f}" if value else "-"
+    """Four decimals; more for a cost below a hundredth of a cent, never $0.0000 for one."""
+    if not value:
+        return "-"
+    if abs(value) >= 0.0001:
+        return f"${value:.4f}"
+    return f"${value:.10f}".rstrip("0")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

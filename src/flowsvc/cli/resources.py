@@ -10,6 +10,7 @@ import typer
 
 from flowsvc.cli import flowfile, output
 from flowsvc.cli.common import (
+    SERVER_ERROR,
     USAGE,
     ApiKey,
     Failure,
@@ -335,7 +336,14 @@ def cancel(
                 # Ids of runs and sessions look alike: not a run may well be a session.
                 if exc.code != grpc.StatusCode.NOT_FOUND:
                     raise
-                result = await client.cancel_session(target)
+                try:
+                    result = await client.cancel_session(target)
+                except FlowsvcError as again:
+                    if again.code != grpc.StatusCode.NOT_FOUND:
+                        raise
+                    raise Failure(
+                        SERVER_ERROR, f"NOT_FOUND: no run or session {target!r}"
+                    ) from None
                 kind = "session"
         if out is Output.json:
             output.print_json(result)

@@ -170,7 +170,9 @@ def run(
         typer.Option("--input", "-i", help="key=value (a string) or key:=JSON; repeatable"),
     ] = None,
     session: Annotated[str | None, typer.Option(help="continue this session")] = None,
-    version: Annotated[int, typer.Option(help="run this version (default: current)")] = 0,
+    version: Annotated[
+        int, typer.Option(help="run this version (default: current)", show_default=False)
+    ] = 0,
     server: Server = None,
     api_key: ApiKey = None,
     out: OutputOpt = Output.text,
@@ -310,7 +312,9 @@ def fork(
             "e.g. draft.model=x final.temperature=0.2",
         ),
     ] = None,
-    version: Annotated[int, typer.Option(help="run this version (default: the step's)")] = 0,
+    version: Annotated[
+        int, typer.Option(help="run this version (default: the step's)", show_default=False)
+    ] = 0,
     server: Server = None,
     api_key: ApiKey = None,
     out: OutputOpt = Output.text,

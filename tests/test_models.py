@@ -4,6 +4,7 @@ HTTP tool steps against loopback targets."""
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,6 +270,29 @@ def test_http_step_calls_an_allowed_host_with_templates(models: Models) -> None:
     assert '"body": "about tides"' in r.response and '"x-test": "tides"' in r.response
     call = next(s for s in r.ai_message.steps if s.step.name == "call")
     assert call.prompt.startswith(f"POST {models.fake.url}/tool/echo?q=tides")
+
+
+def test_http_step_with_a_json_body_keeps_a_quote_in_a_value_inside_its_string(
+    models: Models,
+) -> None:
+    call = step(
+        "call",
+        "HTTP",
+        http=pb.HttpConfig(
+            method="POST",
+            url=f"{models.fake.url}/tool/echo",
+            body='{"topic": "${inputs.topic}", "strict": true}',
+            headers={"Content-Type": "application/json"},
+        ),
+    )
+    graph = linear(step("start", "START"), call, step("end", "END", "${call.result}"))
+    flow = models.client.flows.CreateLiveFlow(create_request(graph=graph))
+    r = models.client.runs.RunFlow(
+        fr.RunFlowRequest(flow_id=flow.id, body=struct(topic='tides", "strict": false, "x": "'))
+    )
+    assert r.status == pb.RUN_STATUS_COMPLETE, r.error
+    sent = json.loads(json.loads(r.response)["body"])
+    assert sent == {"topic": 'tides", "strict": false, "x": "', "strict": True}
 
 
 def test_http_non_2xx_fails_with_status_and_excerpt(models: Models) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from flowsvc.domain.templates import (
@@ -11,6 +13,7 @@ from flowsvc.domain.templates import (
     TemplateError,
     parse,
     render,
+    render_json,
 )
 
 CTX = RenderContext(
@@ -54,3 +57,27 @@ def test_malformed_templates_are_refused(text: str) -> None:
 
 def test_parse_yields_literals_and_references() -> None:
     assert parse("a ${s.result} b") == ("a ", Reference("s", "result"), " b")
+
+
+QUOTED = RenderContext(
+    inputs={"city": 'Pa"ris\\', "n": 3, "obj": {"a": "b"}, "line": "a\nb"},
+    variables={},
+    results={},
+    user_inputs={},
+)
+
+
+def test_a_json_body_takes_a_value_inside_a_string_as_its_escaped_content() -> None:
+    body = render_json('{"city": "${inputs.city}", "note": "n=${inputs.n} ${inputs.line}"}', QUOTED)
+    assert json.loads(body) == {"city": 'Pa"ris\\', "note": "n=3 a\nb"}
+
+
+def test_a_json_body_takes_a_value_outside_strings_as_json() -> None:
+    body = render_json('{"n": ${inputs.n}, "obj": ${inputs.obj}, "s": "${inputs.obj}"}', QUOTED)
+    assert json.loads(body) == {"n": 3, "obj": {"a": "b"}, "s": '{"a":"b"}'}
+
+
+def test_a_json_body_tells_strings_by_their_unescaped_quotes() -> None:
+    # An escaped quote does not end the string; the value after it is still inside.
+    body = render_json('{"k": "say \\"${inputs.city}\\"", "m": ${inputs.n}}', QUOTED)
+    assert json.loads(body) == {"k": 'say "Pa"ris\\"', "m": 3}

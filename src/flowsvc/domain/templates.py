@@ -131,3 +131,34 @@ def _lookup(ref: Reference, ctx: RenderContext) -> str:
 
 def render(text: str, ctx: RenderContext) -> str:
     return "".join(s if isinstance(s, str) else _lookup(s, ctx) for s in parse(text))
+
+
+def render_json(text: str, ctx: RenderContext) -> str:
+    """`render` for a JSON document: a value inside a string literal (`"city": "${x}"`) is
+    written as that string's content, escaped (quotes, backslashes, control characters), so
+    that no value can end its string and add members of its own; elsewhere as `render`
+    writes it (a string as it is, anything else as JSON)."""
+    out: list[str] = []
+    state = (False, False)  # (inside a string, after a backslash in it)
+    for segment in parse(text):
+        if isinstance(segment, str):
+            out.append(segment)
+            state = _json_state_after(segment, state)
+        elif state[0]:
+            out.append(json.dumps(_lookup(segment, ctx), ensure_ascii=False)[1:-1])
+        else:
+            out.append(_lookup(segment, ctx))
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def _json_state_after(literal: str, state: tuple[bool, bool]) -> tuple[bool, bool]:
+    inside, escaped = state
+    for char in literal:
+        if escaped:
+            escaped = False
+        elif inside and char == "\\":
+            escaped = True
+        elif char == '"':
+            inside = not inside
+    return inside, escaped

@@ -33,7 +33,7 @@ from flowsvc.domain.runs import (
     StepStatus,
 )
 from flowsvc.domain.telemetry import NO_SPAN, Span
-from flowsvc.domain.templates import MissingValue, RenderContext, render
+from flowsvc.domain.templates import MissingValue, RenderContext, render, render_json
 from flowsvc.domain.tools import HttpCall, ToolError
 
 
@@ -86,11 +86,15 @@ class StepExecution(EngineCore):
     def _http_call(step: Step, rc: RenderContext) -> HttpCall:
         config = step.http
         assert config is not None
+        headers = tuple((k, render(v, rc)) for k, v in config.headers)
+        # A JSON body (so declared) takes each value inside a string as that string's
+        # content, escaped: a user's answer with a quote in it stays one string.
+        json_body = any(k.lower() == "content-type" and "json" in v.lower() for k, v in headers)
         return HttpCall(
             method=config.method or "POST",
             url=render(config.url, rc),
-            headers=tuple((k, render(v, rc)) for k, v in config.headers),
-            body=render(config.body, rc),
+            headers=headers,
+            body=(render_json if json_body else render)(config.body, rc),
             timeout_ms=config.timeout_ms,
         )
 

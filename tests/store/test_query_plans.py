@@ -93,6 +93,19 @@ def capturing() -> Iterator[list[tuple[str, Any]]]:
         event.remove(Engine, "before_cursor_execute", capture)
 
 
+def statements_of(
+    path: Path, act: Callable[[Database], Awaitable[object]]
+) -> list[tuple[str, Any]]:
+    """The statements, with their parameters, that `act` issues on a new store at `path`."""
+
+    async def captured(db: Database) -> list[tuple[str, Any]]:
+        with capturing() as seen:
+            await act(db)
+        return seen
+
+    return on_a_new_store(sqlite_url(path), captured)
+
+
 def plan(path: Path, statement: str, parameters: Any) -> list[str]:
     with sqlite3.connect(path) as conn:
         return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
@@ -101,19 +114,17 @@ def plan(path: Path, statement: str, parameters: Any) -> list[str]:
 def test_active_and_unevaluated_runs_are_found_through_partial_indexes(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def lookups(db: Database) -> list[tuple[str, Any]]:
+    async def lookups(db: Database) -> None:
         leases = SqlLeases(db, "replica", 1.0)
-        with capturing() as seen:
-            await leases.claimable(10)
-            await leases.active_runs("session")
-            await leases.active_runs_of_flow("org", "flow")
-            await leases.active_runs_by_org()
-            await leases.cancel_requests()
-            await SqlScheduleStore(db, "replica").has_active_run("schedule")
-            await SqlEvalStore(db, "replica", 1.0).runs_missing_jobs()
-        return seen
+        await leases.claimable(10)
+        await leases.active_runs("session")
+        await leases.active_runs_of_flow("org", "flow")
+        await leases.active_runs_by_org()
+        await leases.cancel_requests()
+        await SqlScheduleStore(db, "replica").has_active_run("schedule")
+        await SqlEvalStore(db, "replica", 1.0).runs_missing_jobs()
 
-    statements = on_a_new_store(sqlite_url(path), lookups)
+    statements = statements_of(path, lookups)
 
     assert len(statements) == 7
     for statement, parameters in statements:
@@ -127,12 +138,9 @@ def test_active_and_unevaluated_runs_are_found_through_partial_indexes(tmp_path:
 def test_the_expiry_sweep_reads_only_sessions_due(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def sweep(db: Database) -> list[tuple[str, Any]]:
-        with capturing() as seen:
-            await run_store(db).sessions_expired_by(datetime.now(UTC), 500)
-        return seen
-
-    [(statement, parameters)] = on_a_new_store(sqlite_url(path), sweep)
+    [(statement, parameters)] = statements_of(
+        path, lambda db: run_store(db).sessions_expired_by(datetime.now(UTC), 500)
+    )
     assert plan(path, statement, parameters) == [
         "SEARCH sessions USING INDEX ix_sessions_expiry (status=? AND expires_at<?)"
     ]
@@ -143,12 +151,9 @@ def test_a_retried_answer_finds_its_step_among_the_steps_answered_by_request(
 ) -> None:
     path = tmp_path / "plans.db"
 
-    async def look_up(db: Database) -> list[tuple[str, Any]]:
-        with capturing() as seen:
-            await run_store(db).step_by_input_request("session", "request")
-        return seen
-
-    [(statement, parameters)] = on_a_new_store(sqlite_url(path), look_up)
+    [(statement, parameters)] = statements_of(
+        path, lambda db: run_store(db).step_by_input_request("session", "request")
+    )
     assert plan(path, statement, parameters) == [
         "SEARCH session_steps USING INDEX ix_session_steps_input_request "
         "(session_id=? AND input_request_id=?)"
@@ -160,12 +165,9 @@ def test_a_delivery_is_claimed_after_looking_only_at_pending_deliveries_of_its_s
 ) -> None:
     path = tmp_path / "plans.db"
 
-    async def claim(db: Database) -> list[tuple[str, Any]]:
-        with capturing() as seen:
-            await SqlWebhookStore(db, "replica").claim_deliveries(10, 1.0)
-        return seen
-
-    statements = on_a_new_store(sqlite_url(path), claim)
+    statements = statements_of(
+        path, lambda db: SqlWebhookStore(db, "replica").claim_deliveries(10, 1.0)
+    )
     [(statement, parameters)] = [
         (s, p) for s, p in statements if s.startswith("UPDATE webhook_deliveries")
     ]
@@ -201,14 +203,12 @@ def test_a_released_session_is_checked_for_queued_runs_among_active_runs_only(
 def test_a_schedules_runs_are_listed_from_the_index_of_scheduled_runs(tmp_path: Path) -> None:
     path = tmp_path / "plans.db"
 
-    async def list_them(db: Database) -> list[tuple[str, Any]]:
-        with capturing() as seen:
-            await run_store(db).list_runs(
-                "org", "", "", Page(size=10, after=None), schedule_id="schedule"
-            )
-        return seen
-
-    [(statement, parameters)] = on_a_new_store(sqlite_url(path), list_them)
+    [(statement, parameters)] = statements_of(
+        path,
+        lambda db: run_store(db).list_runs(
+            "org", "", "", Page(size=10, after=None), schedule_id="schedule"
+        ),
+    )
     [search] = plan(path, statement, parameters)
     assert search.startswith("SEARCH flow_runs USING INDEX ix_flow_runs_schedule_created"), search
 

@@ -23,12 +23,20 @@ def known_enum(value: int, enum: Any, field: str) -> int:
     """Proto3 enums are open: a number the contract does not define arrives as is. Refuse it
     rather than read it as the default, which would silently do something the caller did
     not ask for (no filter, the basic view, an evaluation mode that is none of them)."""
+    if value not in _known_values(enum):
+        raise InvalidArgument.one(field, _unknown(enum, value))
+    return value
+
+
+def _known_values(enum: Any) -> frozenset[int]:
     known = _KNOWN_VALUES.get(enum)
     if known is None:
         known = _KNOWN_VALUES[enum] = frozenset(enum.values())  # values() is a new list a call
-    if value not in known:
-        raise InvalidArgument.one(field, f"unknown {enum.DESCRIPTOR.name} value {value}")
-    return value
+    return known
+
+
+def _unknown(enum: Any, value: int) -> str:
+    return f"unknown {enum.DESCRIPTOR.name} value {value}"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -109,10 +117,12 @@ def graph_from_pb(
     steps: Iterable[pb.Step], transitions: Iterable[pb.StepTransition]
 ) -> tuple[list[model.Step], list[model.Transition]]:
     steps = list(steps)
+    # known_enum's rule, for every step at once rather than the first only.
+    known = _known_values(pb.StepType)
     unknown = [
-        FieldViolation(f"steps[{i}].step_type", f"unknown StepType value {s.step_type}")
+        FieldViolation(f"steps[{i}].step_type", _unknown(pb.StepType, s.step_type))
         for i, s in enumerate(steps)
-        if s.step_type not in _STEP_TYPE_FROM_PB and s.step_type != pb.STEP_TYPE_UNSPECIFIED
+        if s.step_type not in known
     ]
     if unknown:
         raise InvalidArgument(unknown)

@@ -101,10 +101,8 @@ class SqlLeases:
 
     def renew(self, session_ids: list[str]) -> set[str]:
         """Extend this replica's leases; returns those still held (blocking: a thread's)."""
-        if self._renewer is None:
-            self._renewer = self.db.sync_engine()
         kept: set[str] = set()
-        with self._renewer.begin() as conn:
+        with self._renewer_engine().begin() as conn:
             for start in range(0, len(session_ids), 500):
                 chunk = session_ids[start : start + 500]
                 marks = ", ".join(f":i{n}" for n in range(len(chunk)))
@@ -125,14 +123,18 @@ class SqlLeases:
         limit = self.db.idle_transaction_limit
         if limit is None:
             return 0
-        if self._renewer is None:
-            self._renewer = self.db.sync_engine()
-        with self._renewer.begin() as conn:
+        with self._renewer_engine().begin() as conn:
             ended = conn.execute(
                 self._end_stalled,
                 {"replicas": REPLICA_PREFIX + "%", "me": self.db.application_name, "limit": limit},
             )
             return sum(1 for (done,) in ended if done)
+
+    def _renewer_engine(self) -> Engine:
+        """The renewal thread's own connection, opened on first use."""
+        if self._renewer is None:
+            self._renewer = self.db.sync_engine()
+        return self._renewer
 
     def close(self) -> None:
         if self._renewer is not None:

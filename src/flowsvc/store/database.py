@@ -131,11 +131,11 @@ def driver_placeholder(dialect_name: str) -> str:
 
 def _run_migrations(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        # Held to the end of the migration's transaction; a replica that waited finds the
-        # schema at head and changes nothing.
         # Alembic reads its scripts between statements: a migration is not an abandoned
         # transaction, however long it sits idle (a server limits its own to half a lease).
         connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+        # Held to the end of the migration's transaction; a replica that waited finds the
+        # schema at head and changes nothing.
         connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -186,15 +186,14 @@ class Database:
         lease)."""
         parsed = make_url(url)
         self.url = url
-        sqlite = parsed.get_backend_name() == "sqlite"
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
         limit = idle_transaction_limit
-        if sqlite or limit is None or not 0 < limit <= _MOST_IDLE_SECONDS:
+        if self.is_sqlite or limit is None or not 0 < limit <= _MOST_IDLE_SECONDS:
             limit = None  # none, or none worth setting (an infinite lease)
         self.idle_transaction_limit = limit
         self.application_name = application_name
         tagged: dict[str, Any] = {"connect_args": {"application_name": application_name}}
-        self._tagged = {} if sqlite else tagged
-        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._tagged = {} if self.is_sqlite else tagged
         if read_pool_size <= 0:
             # SQLite's readers are threads sharing this interpreter's lock with the event loop
             # and the writer: past 4 they cost more in hand-offs than they add (W1, W2 and

@@ -26,6 +26,7 @@ from flowsvc.domain.engine.journal import TERMINAL_RUN, RunContext, StepFailure
 from flowsvc.domain.engine.session_ops import SessionOperations
 from flowsvc.domain.engine.session_registry import HeldElsewhere, SessionState
 from flowsvc.domain.engine.steps import StepExecution
+from flowsvc.domain.engine.waiting import until_done
 from flowsvc.domain.errors import LeaseLost, NotFound, Unavailable
 from flowsvc.domain.model import FlowVersion, Step, StepType
 from flowsvc.domain.routing import RoutingError
@@ -125,7 +126,7 @@ class Engine(SessionOperations, StepExecution):
         if task is None:
             return None
         run = self._task_runs[run_id]
-        await asyncio.wait([task])
+        await until_done(task)
         if run_id in self._abandoned:
             self._abandoned.discard(run_id)
             return None

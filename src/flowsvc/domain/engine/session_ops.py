@@ -3,12 +3,12 @@ run, expire it, record an evaluation's outcome, delete it."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 
 from flowsvc.domain.engine.journal import TERMINAL_RUN, EngineCore, RunContext
 from flowsvc.domain.engine.session_registry import SessionState
 from flowsvc.domain.engine.steps import effective_llm
+from flowsvc.domain.engine.waiting import until_done
 from flowsvc.domain.errors import FailedPrecondition, LeaseLost, NotFound
 from flowsvc.domain.model import FlowVersion, StepType
 from flowsvc.domain.providers import DEFAULT_MODEL
@@ -114,7 +114,7 @@ class SessionOperations(EngineCore):
         task = self._tasks.get(run_id)
         if task is not None:
             self._cancel_task(run_id, task)
-            await asyncio.wait([task])
+            await until_done(task)
             return
         async with state.lock:
             run = await self._runs.get_run(state.session.organisation_id, run_id)

@@ -75,6 +75,7 @@ async def replica(url: str) -> AsyncIterator[Replica]:
     r = Replica(
         db, flows, writer, SqlRunStore(db, flows, writer), SqlLeases(db, owner, LEASE), committed
     )
+    writer.start()
     try:
         yield r
     finally:

@@ -84,6 +84,7 @@ class FlowServer:
         if self.database.is_sqlite:
             self.database.hold_exclusively()
             await self.leases.forget_dead_owners()
+        self.run_store.writer.start()
         self.engine.sessions.start_renewal(asyncio.get_running_loop())
         resumed = await self.engine.claim_orphans(1_000_000)
         if resumed:

@@ -69,6 +69,8 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
                 time.sleep(0.05)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Statement journals and sorts in memory: on disk SQLite made, unlinked and wrote a
+        # file in /var/tmp every few commits of the batch writer.
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
@@ -345,16 +347,6 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(
                 self._batch_thread, self._write_batch, work
             )
-
-    def on_batch_thread(self, job: Callable[[], None]) -> None:
-        """Run `job` on the batch writer's thread, after what was queued there before: a job
-        that commits batches back to back calls `write_batch_here`."""
-        self._batch_thread.submit(job)
-
-    def write_batch_here(self, work: Callable[[Connection], None]) -> None:
-        """`write_batch` for a caller already on the batch writer's thread."""
-        with unavailable_when_unreachable():
-            self._write_batch(work)
 
     def _write_batch(self, work: Callable[[Connection], None]) -> None:
         """On the batch writer's thread. SQLite's connection is kept there between batches:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from sqlalchemy import bindparam, false, literal_column, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from flowsvc.domain.errors import LeaseLost, RequestIdTaken, Unavailable
+from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal, RunStatus
 from flowsvc.store.column_types import UTCDateTime
 from flowsvc.store.database import (
@@ -83,17 +82,6 @@ _NOT_UPDATED = {
 
 class _Fenced(Exception):
     """Inside a batch: some session update found another epoch."""
-
-
-def _refusal(error: Exception) -> BaseException:
-    """What a journal's awaiter is told when its own commit was refused."""
-    if isinstance(error, _Fenced):
-        return LeaseLost("the session's lease was lost")
-    if isinstance(error, IntegrityError) and takes_a_request_id(error):
-        # Another request committed this one's id. Any other key or check refusing a row
-        # is a plain error, never a retry.
-        return RequestIdTaken(str(error.orig))
-    return error
 
 
 class _Statement:
@@ -227,46 +215,20 @@ def _statements(
     return inserts, updates
 
 
-class _Done:
-    """One commit attempted on the writer's thread, for the event loop to settle: the journals
-    it held, and either what their commit assigned or why it was refused."""
-
-    __slots__ = ("entries", "error", "requeue", "seconds")
-
-    def __init__(
-        self,
-        entries: Sequence[tuple[JournalRows, asyncio.Future[None]]],
-        error: BaseException | None = None,
-        requeue: Sequence[str] = (),
-        seconds: float = 0.0,
-    ) -> None:
-        self.entries = entries
-        self.error = error
-        self.requeue = requeue
-        self.seconds = seconds
-
-
 class JournalWriter:
-    """Journals are queued by the event loop and committed by the batch writer's thread,
-    batch after batch while any are queued: the thread takes the next batch as soon as a
-    commit ends, and hands each outcome to the loop, which assigns the seqs, tells listeners
-    and resolves the journals' futures, in commit order. (A writer task awaiting each commit
-    left the thread idle for as long as the loop took to notice the commit and send the next
-    batch: under 16 callers ~40% of each batch's cycle.)"""
-
     def __init__(self, db: Database, owner_id: str, lease_seconds: float) -> None:
         self.db = db
         self.owner_id = owner_id
-        # Shared with the writer's thread: appended on the loop, taken on the thread, both
-        # under the lock, which also guards whether the thread is draining.
         self._pending: list[tuple[JournalRows, asyncio.Future[None]]] = []
-        self._lock = threading.Lock()
-        self._draining = False
-        self._closed = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         dialect = db.batch_writer.dialect
         self._insert_sql, self._update_sql = _statements(dialect, lease_seconds)
-        self._placeholder = driver_placeholder(dialect.name)
+        self._placeholder = p = driver_placeholder(dialect.name)
+        self._release_sql = (
+            f"UPDATE sessions SET owner_id = NULL, lease_expires_ms = 0 "
+            f"WHERE id = {p} AND lease_epoch = {p}"
+        )
         self.commits = 0  # group commits done; read by benchmarks
         # Called with the ids of sessions committed to, after each commit (event feeds),
         # and with sessions released while runs were queued on them (the engine claims them).
@@ -278,110 +240,75 @@ class JournalWriter:
         # outbox writes its deliveries there, so they are durable exactly when their events).
         self.in_commit: list[Any] = []
 
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="flowsvc-journal")
+
     async def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, for at most `timeout` seconds: shutdown must not hang on a
         database that does not answer. Nothing left was acknowledged to anyone (answers wait
         for commits); runs whose moves are left resume from what is committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._pending or self._draining) and loop.time() < deadline:
+        while self._pending and loop.time() < deadline:
+            self._wake.set()
             await asyncio.sleep(0.001)
-        with self._lock:
-            self._closed = True  # the thread ends after the batch it holds
-            left = len(self._pending)
-        if left:
-            log.warning("journal writer closed with journals unwritten", extra={"journals": left})
+        if self._pending:
+            log.warning(
+                "journal writer closed with journals unwritten",
+                extra={"journals": len(self._pending)},
+            )
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
 
     def record(self, journal: Journal) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        entry = (JournalRows.of(journal, self.owner_id), future)
-        with self._lock:
-            if self._closed:  # shutting down: what is committed is what a restart resumes
-                future.set_exception(Unavailable("the server is shutting down"))
-                return future
-            self._pending.append(entry)
-            if self._draining:
-                return future
-            self._draining = True
-        self._loop = loop
-        self.db.on_batch_thread(self._drain)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((JournalRows.of(journal, self.owner_id), future))
+        self._wake.set()
+        if self._writer is None:
+            self.start()
         return future
 
-    def _drain(self) -> None:
-        """On the writer's thread: commit batches until none is queued."""
-        loop = self._loop
-        assert loop is not None
+    async def _write_loop(self) -> None:
         while True:
-            with self._lock:
-                if not self._pending or self._closed:
-                    self._draining = False
-                    return
-                batch = next_batch(self._pending)
-                del self._pending[: len(batch)]
+            await self._wake.wait()
+            self._wake.clear()
             try:
-                done = self._commit_batch(batch)
-            except BaseException as exc:  # the writer must outlive anything a batch does
+                await self._write_pending()
+            except Exception:  # the writer must outlive anything one batch does
                 log.exception("journal writer: batch not handled")
-                done = [_Done(batch, exc)]
-            try:
-                loop.call_soon_threadsafe(self._settle, done)
-            except RuntimeError:  # the loop is gone: nobody is left to tell
-                with self._lock:
-                    self._draining = False
-                return
 
-    def _commit_batch(
-        self, batch: Sequence[tuple[JournalRows, asyncio.Future[None]]]
-    ) -> list[_Done]:
-        """The batch in one commit; if that fails, each journal in a commit of its own, so
-        one journal's refusal is its own."""
-        try:
-            return [self._commit(batch)]
-        except Exception as exc:
-            if not isinstance(exc, _Fenced):
-                log.warning("group commit failed; committing journals one by one", exc_info=True)
-        done = []
-        for entry in batch:
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = next_batch(self._pending)
+            del self._pending[: len(batch)]
             try:
-                done.append(self._commit([entry]))
-            except Exception as one:
-                done.append(_Done([entry], _refusal(one)))
-        return done
-
-    def _settle(self, done: list[_Done]) -> None:
-        """On the loop, in commit order: what each commit assigned is made known, then its
-        journals' awaiters are resumed."""
-        for outcome in done:
-            if outcome.error is None:
-                self._committed(outcome)
-            for _, future in outcome.entries:
-                if future.done():
-                    continue  # its awaiter went away; the outcome is the row's
-                if outcome.error is None:
+                await self._commit([rows for rows, _ in batch])
+            except Exception as exc:
+                if not isinstance(exc, _Fenced):
+                    log.warning("group commit failed; committing journals one by one",
+                                exc_info=True)
+                for rows, future in batch:
+                    try:
+                        await self._commit([rows])
+                    except Exception as one:
+                        if future.done():
+                            continue  # its awaiter went away; the outcome is the row's
+                        if isinstance(one, _Fenced):
+                            future.set_exception(LeaseLost("the session's lease was lost"))
+                        elif isinstance(one, IntegrityError) and takes_a_request_id(one):
+                            # Another request committed this one's id. Any other key or
+                            # check refusing a row is a plain error, never a retry.
+                            future.set_exception(RequestIdTaken(str(one.orig)))
+                        else:
+                            future.set_exception(one)
+            for _, future in batch:
+                if not future.done():
                     future.set_result(None)
-                else:
-                    future.set_exception(outcome.error)
 
-    def _committed(self, outcome: _Done) -> None:
-        self.commits += 1
-        if self.on_batch is not None:
-            self.on_batch(len(outcome.entries), outcome.seconds)
-        touched: set[str] = set()
-        for rows, _ in outcome.entries:
-            for event, row in zip(rows.events, rows.event_rows, strict=True):
-                event.seq = row["seq"]
-                touched.add(event.session_id)
-            if rows.session is not None and rows.event_rows:
-                rows.session.last_seq = max(rows.session.last_seq, rows.event_rows[-1]["seq"])
-        for listener in self.on_committed:
-            listener(touched)
-        if outcome.requeue and self.on_requeue is not None:
-            self.on_requeue(outcome.requeue)
-
-    def _commit(self, entries: Sequence[tuple[JournalRows, asyncio.Future[None]]]) -> _Done:
-        """On the writer's thread: the journals' rows in one transaction."""
-        batch = [rows for rows, _ in entries]
+    async def _commit(self, batch: Sequence[JournalRows]) -> None:
         requeue: list[str] = []
 
         def write(conn: Connection) -> None:
@@ -421,17 +348,9 @@ class JournalWriter:
             if new_messages:
                 self._insert_sql["messages"].insert(conn, new_messages)
             if releases:
+                conn.exec_driver_sql(self._release_sql, list(releases))
                 ids = [sid for sid, _ in releases]
                 marks = ", ".join(self._placeholder for _ in ids)
-                # One statement for all (an idle sweep gives up hundreds of sessions at once;
-                # SQLite's executemany would wait for the GIL again after each row).
-                epochs = " ".join(f"WHEN {self._placeholder} THEN {self._placeholder}"
-                                  for _ in ids)
-                conn.exec_driver_sql(
-                    f"UPDATE sessions SET owner_id = NULL, lease_expires_ms = 0 "
-                    f"WHERE id IN ({marks}) AND lease_epoch = CASE id {epochs} END",
-                    (*ids, *(v for release in releases for v in release)),
-                )
                 found = conn.exec_driver_sql(
                     f"SELECT DISTINCT session_id FROM flow_runs WHERE session_id IN ({marks}) "
                     f"AND {ACTIVE_RUN} AND status = '{RunStatus.QUEUED.value}'",
@@ -440,8 +359,21 @@ class JournalWriter:
                 requeue.extend(r[0] for r in found)
 
         started = time.perf_counter()
-        self.db.write_batch_here(write)
-        return _Done(entries, requeue=requeue, seconds=time.perf_counter() - started)
+        await self.db.write_batch(write)
+        self.commits += 1
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        touched: set[str] = set()
+        for rows in batch:
+            for event, row in zip(rows.events, rows.event_rows, strict=True):
+                event.seq = row["seq"]
+                touched.add(event.session_id)
+            if rows.session is not None and rows.event_rows:
+                rows.session.last_seq = max(rows.session.last_seq, rows.event_rows[-1]["seq"])
+        for listener in self.on_committed:
+            listener(touched)
+        if requeue and self.on_requeue is not None:
+            self.on_requeue(requeue)
 
     def _allocate_seqs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Seqs for events of sessions already stored: the database's counter, row-locked."""

@@ -69,8 +69,9 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: b
                 time.sleep(0.05)
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        # Statement journals and sorts in memory: on disk SQLite made, unlinked and wrote a
-        # file in /var/tmp every few commits of the batch writer.
+        # SQLite's temporary files in memory: on disk it made, unlinked and wrote one in
+        # /var/tmp every few commits of the batch writer (which statement needs it was not
+        # traced; the pragma covers all of them).
         cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.flows import FlowCatalog
@@ -505,6 +506,48 @@ def test_a_released_lease_is_free_at_once_and_queued_runs_are_reported(
         claim = await b.leases.claim_session(ORG, session.id)
         assert claim.epoch == 2
         assert [r.id for r in await b.leases.active_runs(session.id)] == [run.id, queued.id]
+
+    run_on(database_url, body)
+
+
+async def owners(r: Replica, *session_ids: str) -> list[str | None]:
+    async with r.db.read() as conn:
+        rows = await conn.execute(text("SELECT id, owner_id FROM sessions"))
+        found = {row.id: row.owner_id for row in rows}
+    return [found[sid] for sid in session_ids]
+
+
+def test_releases_sharing_a_commit_free_only_the_leases_their_givers_still_hold(
+    database_url: str,
+) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        kept, _ = await new_session_with_run(a, version)
+        taken, _ = await new_session_with_run(a, version)
+        await asyncio.sleep(LEASE * 2.5)
+        assert (await b.leases.claim_session(ORG, taken.id)).epoch == 2
+        await asyncio.gather(
+            a.runs.record(Journal(session=kept, epoch=1, release=True)),
+            a.runs.record(Journal(session=taken, epoch=1, release=True)),
+        )
+        assert await owners(b, kept.id, taken.id) == [None, b.owner]
+
+    run_on(database_url, body)
+
+
+def test_two_releases_of_one_session_in_a_commit_free_it_at_its_latest_epoch(
+    database_url: str,
+) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        version = await a_version(a)
+        session, _ = await new_session_with_run(a, version)
+        again = await a.leases.claim_session(ORG, session.id)
+        assert again.epoch == 2
+        await asyncio.gather(
+            a.runs.record(Journal(session=session, epoch=1, release=True)),
+            a.runs.record(Journal(session=session, epoch=2, release=True)),
+        )
+        assert await owners(b, session.id) == [None]
 
     run_on(database_url, body)
 

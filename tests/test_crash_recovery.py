@@ -10,10 +10,11 @@ from pathlib import Path
 
 import grpc
 
+from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.fake_openai import FakeOpenAI
-from tests.graphs import create_request, linear, long_chain, step
+from tests.graphs import create_request, linear, long_chain, step, struct
 from tests.harness import ChildServer, bearer, connect, mint_key, sqlite_url, wait_until
 
 CHAIN = 450
@@ -155,3 +156,50 @@ def test_graceful_restart_mid_run_also_resumes(tmp_path: Path) -> None:
     finally:
         second.signal(signal.SIGTERM)
         second.wait()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def test_a_killed_server_takes_its_writer_process_with_it(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path / "db.sqlite")
+    key = mint_key(url, "acme")
+    server = ChildServer(
+        url, tmp_path / "server.log", extra_env={"FLOWSVC_SQLITE_WRITER_PROCESS_FROM": "1"}
+    )
+    try:
+        c = connect(server.address, bearer(key))
+        flow = c.flows.CreateLiveFlow(create_request())
+
+        def a_run() -> None:
+            c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
+
+        a_run()  # its commit starts the writer process
+        wait_until(lambda: len(children_of(server.proc.pid)) > 0)
+        a_run()
+        children = children_of(server.proc.pid)
+        c.close()
+    finally:
+        server.signal(signal.SIGKILL)
+        server.wait()
+    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10)

@@ -51,6 +51,7 @@ from flowsvc.store.lease_store import SqlLeases
 from flowsvc.store.pg_feed import PostgresEventFeed, conninfo_of
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.sql_store import SqlStore
+from flowsvc.store.writer_process import WriterProcess
 from flowsvc.v1 import (
     eval_service_pb2_grpc,
     flow_run_service_pb2_grpc,
@@ -134,7 +135,17 @@ async def create_server(settings: Settings) -> tuple[FlowServer, int]:
     )
     await database.migrate()
     store = SqlStore(database)
-    writer = JournalWriter(database, replica_id, settings.lease_seconds)
+    writer = JournalWriter(
+        database,
+        replica_id,
+        settings.lease_seconds,
+        process=WriterProcess(
+            database.url, settings.sqlite_synchronous, settings.lease_seconds, settings.log_level
+        )
+        if database.sqlite_file is not None
+        else None,
+        process_from=settings.sqlite_writer_process_from,
+    )
     run_store = SqlRunStore(database, store, writer)
     leases = SqlLeases(database, replica_id, settings.lease_seconds)
     keys = Keys(store)

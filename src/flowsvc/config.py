@@ -76,6 +76,9 @@ class Settings:
     grace_seconds: float = 10.0
     # NORMAL survives a killed process; FULL also survives power loss, at a cost per commit.
     sqlite_synchronous: str = "NORMAL"
+    # SQLite: batches of this many journals or more are committed by a process of its own
+    # (store/writer_process.py); 0: all by the server's thread.
+    sqlite_writer_process_from: int = 4
     # Pooled connections for reads; 0: the backend's default (store/database.py).
     read_pool_size: int = 0
     log_level: str = "INFO"
@@ -145,6 +148,7 @@ class Settings:
             "sqlite_synchronous": e.choice(
                 "FLOWSVC_SQLITE_SYNCHRONOUS", "NORMAL", SYNCHRONOUS, numbered=True
             ),
+            "sqlite_writer_process_from": e.integer("FLOWSVC_SQLITE_WRITER_PROCESS_FROM", 4),
             "read_pool_size": e.integer("FLOWSVC_READ_POOL_SIZE", 0),
             "log_level": e.choice("FLOWSVC_LOG_LEVEL", "INFO", LOG_LEVELS),
             "step_limit": e.integer("FLOWSVC_STEP_LIMIT", 1000),

@@ -41,6 +41,7 @@ from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.lease_store import SqlLeases
 from flowsvc.store.run_store import SqlRunStore
 from flowsvc.store.sql_store import SqlStore
+from flowsvc.store.writer_process import WriterProcess
 from tests import postgres
 from tests.harness import sqlite_url
 
@@ -64,13 +65,23 @@ class Replica:
         return self.leases.owner_id
 
 
+# A SQLite URL ending so has its replicas' journals committed by a writer process each (the
+# same suite, through writer_process.py: every batch, not only big ones).
+BY_PROCESS = "#writer-process"
+
+
 @asynccontextmanager
 async def replica(url: str) -> AsyncIterator[Replica]:
+    by_process = url.endswith(BY_PROCESS)
+    url = url.removesuffix(BY_PROCESS)
     db = Database(url)
     await db.migrate()
     owner = new_id()
     flows = SqlStore(db)
-    writer = JournalWriter(db, owner, LEASE)
+    process = WriterProcess(url, "NORMAL", LEASE) if by_process else None
+    if process is not None:
+        await process.started()
+    writer = JournalWriter(db, owner, LEASE, process=process, process_from=1)
     committed: list[set[str]] = []
     writer.on_committed.append(lambda ids: committed.append(set(ids)))
     r = Replica(
@@ -85,10 +96,13 @@ async def replica(url: str) -> AsyncIterator[Replica]:
         await db.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "sqlite-writer-process", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield sqlite_url(tmp_path / "contract.db")
+        return
+    if request.param == "sqlite-writer-process":
+        yield sqlite_url(tmp_path / "contract.db") + BY_PROCESS
         return
     with postgres.fresh_database() as url:
         yield "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -180,6 +194,17 @@ def a_step(run: FlowRun, version: FlowVersion, position: int) -> SessionStep:
 def an_event(run: FlowRun, kind: EventType = EventType.STEP_COMPLETED) -> RunEvent:
     return RunEvent(
         seq=0, session_id=run.session_id, run_id=run.id, organisation_id=ORG, type=kind, time=now()
+    )
+
+
+def opening(session: Session, run: FlowRun, *kinds: EventType) -> Journal:
+    """The journal that stores a new session with its run and events of these kinds."""
+    return Journal(
+        session=session,
+        session_is_new=True,
+        epoch=1,
+        new_runs=[run],
+        events=[an_event(run, kind) for kind in kinds],
     )
 
 

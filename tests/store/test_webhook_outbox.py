@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from flowsvc.domain.ids import new_id, now
 from flowsvc.domain.paging import Page
-from flowsvc.domain.runs import EventType, Journal
+from flowsvc.domain.runs import EventType
 from flowsvc.domain.webhooks import Webhook
 from flowsvc.store.webhook_store import Outbox, SqlWebhookStore
 from tests.store.test_store_contract import (
@@ -18,8 +18,8 @@ from tests.store.test_store_contract import (
     a_run,
     a_session,
     a_version,
-    an_event,
     database_url,
+    opening,
     run_on,
 )
 
@@ -41,7 +41,7 @@ def a_webhook(org: str, flow_id: str, *event_types: str) -> Webhook:
 def test_a_commits_events_are_matched_to_their_own_webhooks_only(database_url: str) -> None:
     async def body(a: Replica, b: Replica) -> None:
         outbox = Outbox(a.db.batch_writer.dialect)
-        a.writer.in_commit.append(outbox.write)
+        a.writer.outbox = outbox
         hooks = SqlWebhookStore(a.db, a.owner)
         version = await a_version(a)
         this_flow = a_webhook(ORG, version.flow_id, "run.completed")
@@ -56,27 +56,15 @@ def test_a_commits_events_are_matched_to_their_own_webhooks_only(database_url: s
         commits = a.writer.commits
         await asyncio.gather(
             a.runs.record(
-                Journal(
-                    session=finished,
-                    session_is_new=True,
-                    epoch=1,
-                    new_runs=[finished_run],
-                    events=[
-                        an_event(finished_run, EventType.RUN_STARTED),
-                        an_event(finished_run, EventType.STEP_COMPLETED),
-                        an_event(finished_run, EventType.RUN_COMPLETED),
-                    ],
+                opening(
+                    finished,
+                    finished_run,
+                    EventType.RUN_STARTED,
+                    EventType.STEP_COMPLETED,
+                    EventType.RUN_COMPLETED,
                 )
             ),
-            a.runs.record(
-                Journal(
-                    session=started,
-                    session_is_new=True,
-                    epoch=1,
-                    new_runs=[started_run],
-                    events=[an_event(started_run, EventType.RUN_STARTED)],
-                )
-            ),
+            a.runs.record(opening(started, started_run, EventType.RUN_STARTED)),
         )
         assert a.writer.commits == commits + 1  # one commit, one match for all its events
         assert outbox.take_wrote()
@@ -104,7 +92,7 @@ def test_a_commit_no_webhook_wants_writes_no_delivery_and_wakes_no_one(
 ) -> None:
     async def body(a: Replica, b: Replica) -> None:
         outbox = Outbox(a.db.batch_writer.dialect)
-        a.writer.in_commit.append(outbox.write)
+        a.writer.outbox = outbox
         hooks = SqlWebhookStore(a.db, a.owner)
         version = await a_version(a)
         only_failures = a_webhook(ORG, "", "run.failed")
@@ -112,16 +100,7 @@ def test_a_commit_no_webhook_wants_writes_no_delivery_and_wakes_no_one(
         session = a_session(version)
         run = a_run(session)
         await a.runs.record(
-            Journal(
-                session=session,
-                session_is_new=True,
-                epoch=1,
-                new_runs=[run],
-                events=[
-                    an_event(run, EventType.RUN_STARTED),
-                    an_event(run, EventType.RUN_COMPLETED),
-                ],
-            )
+            opening(session, run, EventType.RUN_STARTED, EventType.RUN_COMPLETED)
         )
         assert not outbox.take_wrote()
         assert await hooks.list_deliveries(ORG, only_failures.id, Page(100, None)) == []

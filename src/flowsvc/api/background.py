@@ -73,7 +73,7 @@ def add_services(
 ) -> Background:
     outbox = Outbox(database.batch_writer.dialect)
     hooks = SqlWebhookStore(database, replica_id)
-    writer.in_commit.append(outbox.write)
+    writer.outbox = outbox
     allow = AllowList(settings.http_allow_hosts)
 
     async def flow_exists(org: str, flow_id: str) -> bool:

@@ -281,12 +281,20 @@ class Database:
             _limit_idle_transactions(engine, self.idle_transaction_limit)
         return engine
 
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database's file, if it has one another process could open."""
+        database = make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return database
+
     def hold_exclusively(self) -> None:
         """SQLite is for one server process: a second one on the same file refuses to start.
         The lock is an flock on a file beside the database, released when the process ends,
         however it ends (the database file itself is never opened outside SQLite)."""
-        database = make_url(self.url).database
-        if not self.is_sqlite or not database or database == ":memory:":
+        database = self.sqlite_file
+        if database is None:
             return
         path = Path(database).resolve().with_suffix(Path(database).suffix + ".serve-lock")
         handle = path.open("a+")
@@ -348,6 +356,10 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(
                 self._batch_thread, self._write_batch, work
             )
+
+    def write_batch_here(self, work: Callable[[Connection], None]) -> None:
+        """`work` in one transaction on this thread (the writer process's own)."""
+        self._write_batch(work)
 
     def _write_batch(self, work: Callable[[Connection], None]) -> None:
         """On the batch writer's thread. SQLite's connection is kept there between batches:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from flowsvc.store.database import Database
-from flowsvc.store.journal_writer import _statements
+from flowsvc.store.journal_commit import _statements
 from tests.harness import sqlite_url
 
 

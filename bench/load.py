@@ -199,12 +199,10 @@ async def w1_split(targets: list[str], metadata: Any, args: argparse.Namespace) 
 
 
 def server_cpu(pid: int) -> float:
-    """utime + stime of a process from /proc/PID/stat, seconds (0 without a pid)."""
-    if not pid:
-        return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """The server's CPU seconds, its writer process's included (0 without a pid)."""
+    from run import cpu_seconds  # beside this script
+
+    return cpu_seconds(pid) if pid else 0.0
 
 
 def server_threads(pid: int) -> dict[str, float]:

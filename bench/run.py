@@ -53,13 +53,35 @@ def free_port() -> int:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process from /proc/PID/stat (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
+def cpu_seconds(pid: int, with_children: bool = True) -> float:
+    """utime + stime of a process from /proc/PID/stat (0 if it is gone), with those of its
+    live children and of the children it has reaped: a SQLite server commits through a
+    writer process under load (store/writer_process.py), and that work is the server's."""
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
+    if not with_children:
+        return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
+    # fields 14-17 of stat(5): utime, stime, cutime, cstime
+    own = sum(int(f) for f in fields[11:15]) / TICK
+    return own + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def postgres_cpu() -> dict[int, float]:
@@ -69,7 +91,7 @@ def postgres_cpu() -> dict[int, float]:
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().startswith("postgres"):
-                    out[int(entry.name)] = cpu_seconds(int(entry.name))
+                    out[int(entry.name)] = cpu_seconds(int(entry.name), with_children=False)
             except (FileNotFoundError, ProcessLookupError):
                 continue
     return out

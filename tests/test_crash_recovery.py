@@ -4,6 +4,7 @@ step, and every acknowledged session completes with a gapless event sequence."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import threading
 from pathlib import Path
@@ -15,7 +16,15 @@ from flowsvc.v1 import resources_pb2 as pb
 from flowsvc.v1 import session_service_pb2 as ss
 from tests.fake_openai import FakeOpenAI
 from tests.graphs import create_request, linear, long_chain, step, struct
-from tests.harness import ChildServer, bearer, connect, mint_key, sqlite_url, wait_until
+from tests.harness import (
+    ChildServer,
+    bearer,
+    connect,
+    iter_lines,
+    mint_key,
+    sqlite_url,
+    wait_until,
+)
 
 CHAIN = 450
 SESSIONS = 64
@@ -158,17 +167,19 @@ def test_graceful_restart_mid_run_also_resumes(tmp_path: Path) -> None:
         second.wait()
 
 
-def children_of(pid: int) -> list[int]:
+def writer_processes_of(pid: int) -> list[int]:
+    """The server's live children that multiprocessing spawned (its writer process; not
+    multiprocessing's resource tracker, which ends with its pipe)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not alive(int(entry.name)):
             continue
         try:
             stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid and b"spawn_main" in cmdline:
             found.append(int(entry.name))
     return found
 
@@ -195,11 +206,14 @@ def test_a_killed_server_takes_its_writer_process_with_it(tmp_path: Path) -> Non
             c.runs.RunFlow(fr.RunFlowRequest(flow_id=flow.id, body=struct(question="q")))
 
         a_run()  # its commit starts the writer process
-        wait_until(lambda: len(children_of(server.proc.pid)) > 0)
+        wait_until(lambda: any(e.get("msg") == "SQLite writer process ready"
+                               for e in iter_lines(server.log_path)))
         a_run()
-        children = children_of(server.proc.pid)
+        [writer] = writer_processes_of(server.proc.pid)
         c.close()
+        # Stopped, it would never read the end of its socket: only PR_SET_PDEATHSIG ends it.
+        os.kill(writer, signal.SIGSTOP)
     finally:
         server.signal(signal.SIGKILL)
         server.wait()
-    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10)
+    wait_until(lambda: not alive(writer), timeout=10)

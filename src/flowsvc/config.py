@@ -76,8 +76,8 @@ class Settings:
     grace_seconds: float = 10.0
     # NORMAL survives a killed process; FULL also survives power loss, at a cost per commit.
     sqlite_synchronous: str = "NORMAL"
-    # SQLite: batches of this many journals or more are committed by a process of its own
-    # (store/writer_process.py); 0: all by the server's thread.
+    # SQLite: while batches average this many journals or more, they are committed by a
+    # process of its own (store/writer_process.py); 0: always by the server's thread.
     sqlite_writer_process_from: int = 4
     # Pooled connections for reads; 0: the backend's default (store/database.py).
     read_pool_size: int = 0

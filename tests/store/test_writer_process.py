@@ -111,3 +111,20 @@ def test_after_the_child_dies_batches_go_on_and_a_new_child_takes_them(tmp_path:
         assert await b.runs.get_session("acme", second.id) is not None
 
     on_sqlite_by_process(tmp_path, body)
+
+
+def test_a_child_ended_by_sigterm_is_not_replaced_and_the_thread_commits(tmp_path: Path) -> None:
+    async def body(a: Replica, b: Replica) -> None:
+        process = a.writer._process
+        assert process is not None and process.pid is not None
+        version = await a_version(a)
+        os.kill(process.pid, signal.SIGTERM)  # idle: it ends at once, cleanly
+        await until(lambda: not process.ready)
+        session = a_session(version)
+        await a.runs.record(Journal(session=session, session_is_new=True, epoch=1))
+        assert await b.runs.get_session("acme", session.id) is not None
+        await asyncio.sleep(1.2)  # past the pause after a child's end
+        await a.runs.record(Journal(session=a_session(version), session_is_new=True, epoch=1))
+        assert process.pid is None and process.commits == 0
+
+    on_sqlite_by_process(tmp_path, body)

@@ -6,8 +6,9 @@ commits whatever has queued up in one transaction with one statement per table, 
 resolves each journal's future in order. Many concurrent runs share each commit.
 
 The transaction itself is journal_commit.py's. It is made by the batch writer's thread, or,
-for batches big enough (SQLite, under load), by the writer process (writer_process.py): either
-way the writer awaits each commit before the next, so commits keep the order journals came in.
+while batches are big on average (SQLite, under load), by the writer process
+(writer_process.py): either way the writer awaits each commit before the next, so commits keep
+the order journals came in.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ class JournalWriter:
         process: WriterProcess | None = None,
         process_from: int = 0,
     ) -> None:
-        """process: commits batches of `process_from` journals or more (0: none), once it
-        answers; smaller ones, and all before, are committed by the batch writer's thread."""
+        """process: commits the batches while they average `process_from` journals or more
+        (0: never), once it answers; the batch writer's thread commits the others."""
         self.db = db
         self.owner_id = owner_id
         self._pending: list[tuple[JournalRows, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._committing = False  # a batch is taken and its commit not yet settled
         self._commits = JournalCommit(db.batch_writer.dialect, lease_seconds)
         self._process = process if process_from > 0 else None
         self._process_from = process_from
@@ -76,7 +78,7 @@ class JournalWriter:
         for commits); runs whose moves are left resume from what is committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._pending and loop.time() < deadline:
+        while (self._pending or self._committing) and loop.time() < deadline:
             self._wake.set()
             await asyncio.sleep(0.001)
         if self._pending:
@@ -104,9 +106,12 @@ class JournalWriter:
             await self._wake.wait()
             self._wake.clear()
             try:
+                self._committing = True
                 await self._write_pending()
             except Exception:  # the writer must outlive anything one batch does
                 log.exception("journal writer: batch not handled")
+            finally:
+                self._committing = False
 
     async def _write_pending(self) -> None:
         while self._pending:
@@ -167,7 +172,8 @@ class JournalWriter:
             # events' records take.
             made = [[event_row(e) for e in rows.events] for rows in batch]
             seqs, requeue, deliveries = await process.commit(
-                [sent_of(rows, events) for rows, events in zip(batch, made, strict=True)]
+                [sent_of(rows, events) for rows, events in zip(batch, made, strict=True)],
+                outbox=self.outbox is not None,
             )
             if deliveries and self.outbox is not None:
                 self.outbox.wrote = True
@@ -182,8 +188,6 @@ class JournalWriter:
             await self.db.write_batch(write)
             seqs = [[row["seq"] for row in rows.event_rows] for rows in batch]
         self.commits += 1
-        if self.on_batch is not None:
-            self.on_batch(len(batch), time.perf_counter() - started)
         touched: set[str] = set()
         for rows, got in zip(batch, seqs, strict=True):
             for event, seq in zip(rows.events, got, strict=True):
@@ -191,7 +195,12 @@ class JournalWriter:
                 touched.add(event.session_id)
             if rows.session is not None and got:
                 rows.session.last_seq = max(rows.session.last_seq, got[-1])
-        for listener in self.on_committed:
-            listener(touched)
-        if requeue and self.on_requeue is not None:
-            self.on_requeue(requeue)
+        try:
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - started)
+            for listener in self.on_committed:
+                listener(touched)
+            if requeue and self.on_requeue is not None:
+                self.on_requeue(requeue)
+        except Exception:  # committed all the same: never to be written again
+            log.exception("journal writer: a listener of a commit failed")

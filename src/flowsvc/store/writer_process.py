@@ -7,12 +7,14 @@ has its own GIL; the loop hands it a batch as row values and gets the seqs back.
 
 The journal writer still awaits each commit before the next (one batch at a time, in order,
 as with the thread), so which of the two makes a commit never changes what is committed or in
-which order; a lone journal keeps to the thread, where it needs no hand-over.
+which order. It sends batches here while they are big on average (journal_writer.py); a lone
+caller's runs keep to the thread, where they pay no hand-over.
 
 The child is spawned on first use and lives as long as the server: it exits when its socket
-closes and is killed with the server (PR_SET_PDEATHSIG). If it dies, the batch it held is
-answered UNAVAILABLE (committed or not, its runs resume from what the database holds) and the
-next batch starts a new one.
+closes, after its batch when sent SIGTERM, and is killed with the server (PR_SET_PDEATHSIG). If
+it dies, the batch it held is answered UNAVAILABLE (committed or not, its runs resume from what
+the database holds); the thread commits until a new one answers, spawned a second later at the
+earliest. One that ended cleanly (SIGTERM: a whole service being stopped) is not replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import math
 import multiprocessing
+import os
 import pickle
 import signal
 import socket
@@ -41,7 +45,7 @@ from flowsvc.store.webhook_store import Outbox
 log = logging.getLogger("flowsvc.store")
 
 _LENGTH = struct.Struct("<I")
-_BUFFER = 4 << 20  # a batch's frame goes into the socket at once (W1: ~30 KB for 13 journals)
+_BUFFER = 4 << 20  # asked for (the kernel caps it); W1 sends ~30 KB for 13 journals
 _PR_SET_PDEATHSIG = 1
 
 # What a batch is sent as: each journal's row values, its events as rows already made.
@@ -64,7 +68,7 @@ class WriterProcess:
     def __init__(
         self, url: str, sqlite_synchronous: str, lease_seconds: float, log_level: str = "INFO"
     ) -> None:
-        self._config = (url, sqlite_synchronous, lease_seconds, log_level)
+        self._config = (url, sqlite_synchronous, lease_seconds, log_level, os.getpid())
         self._sock: socket.socket | None = None
         self._child: Any = None
         self._received = bytearray()
@@ -92,11 +96,19 @@ class WriterProcess:
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BUFFER)
             end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-        self._child = context.Process(
+        child = context.Process(
             target=serve_commits, args=(theirs, *self._config), name="flowsvc-writer", daemon=True
         )
-        self._child.start()
-        theirs.close()
+        try:
+            child.start()
+        except OSError:
+            ours.close()
+            log.warning("SQLite writer process not started", exc_info=True)
+            self._not_before = loop.time() + 1.0
+            return
+        finally:
+            theirs.close()
+        self._child = child
         ours.setblocking(False)
         self._sock = ours
         self._starting = loop.create_future()
@@ -107,21 +119,24 @@ class WriterProcess:
         """Start the child now and wait until it answers."""
         if self._sock is None:
             self._spawn(asyncio.get_running_loop())
-        assert self._starting is not None
+        if self._starting is None:
+            raise Unavailable("the SQLite writer process could not be started")
         await asyncio.shield(self._starting)
 
     @property
     def pid(self) -> int | None:
         return None if self._child is None else int(self._child.pid)
 
-    async def commit(self, batch: list[Sent]) -> tuple[list[list[int]], list[str], bool]:
+    async def commit(
+        self, batch: list[Sent], outbox: bool
+    ) -> tuple[list[list[int]], list[str], bool]:
         """The batch committed by the child: each journal's seqs, the sessions to claim again,
-        and whether webhook deliveries were written. Raises Fenced (a session's epoch moved
-        on), BatchRefused (rolled back: its journals are retried one by one) or
-        CommitOutcomeUnknown (the child ended holding it)."""
+        and whether webhook deliveries were written (`outbox`: whether to write them).
+        Raises Fenced (a session's epoch moved on), BatchRefused (rolled back: its journals
+        are retried one by one) or CommitOutcomeUnknown (the child ended holding it)."""
         if self._sock is None:
             raise BatchRefused("the SQLite writer process is not running")
-        data = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((outbox, batch), pickle.HIGHEST_PROTOCOL)
         outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append(outcome)
         try:
@@ -163,12 +178,15 @@ class WriterProcess:
                 waiter.set_result(None if waiter is self._starting else outcome)
 
     def _ended(self) -> None:
-        """The child is gone: what it held is answered UNAVAILABLE, the next batch starts one."""
-        if self._child is not None and self._child.exitcode not in (None, 0):
-            log.warning("SQLite writer process ended", extra={"exitcode": self._child.exitcode})
-        starting = self._starting
-        self._not_before = asyncio.get_running_loop().time() + 1.0
+        """The child is gone: what it held is answered UNAVAILABLE."""
+        starting, child = self._starting, self._child
         self._stop()
+        exitcode = None if child is None else child.exitcode
+        if exitcode == 0:
+            self._not_before = math.inf  # stopped on purpose: the thread commits from now on
+        else:
+            self._not_before = asyncio.get_running_loop().time() + 1.0
+            log.warning("SQLite writer process ended", extra={"exitcode": exitcode})
         while self._waiting:
             waiter = self._waiting.popleft()
             if waiter is starting:
@@ -186,7 +204,7 @@ class WriterProcess:
         self._received.clear()
         self._starting = None
         child, self._child = self._child, None
-        if child is not None:  # it has ended, or closed its end to end
+        if child is not None:  # it closed its end as it ended: this join is short
             child.join(timeout=1)
             if child.exitcode is None:
                 child.kill()
@@ -198,7 +216,11 @@ class WriterProcess:
         if sock is None:
             return
         asyncio.get_running_loop().remove_reader(sock.fileno())
-        self._sock = self._child = None
+        self._sock = self._child = self._starting = None
+        self._not_before = math.inf  # closed for good
+        self._received.clear()
+        while self._waiting:
+            self._waiting.popleft().cancel()
         sock.close()  # the child reads the end, answers nothing more, exits
         if child is not None:
             await asyncio.to_thread(child.join, 5)  # off the loop: it may be mid-batch
@@ -207,29 +229,66 @@ class WriterProcess:
 
 
 def serve_commits(
-    sock: socket.socket, url: str, sqlite_synchronous: str, lease_seconds: float, log_level: str
+    sock: socket.socket,
+    url: str,
+    sqlite_synchronous: str,
+    lease_seconds: float,
+    log_level: str,
+    server_pid: int,
 ) -> None:
     """The child: commits batches from `sock` one by one and answers each, in order."""
     if sys.platform.startswith("linux"):
-        # Killed with the server, whatever kills it (a SIGKILL runs no cleanup of ours).
+        # Killed with the server, whatever kills it (a SIGKILL runs no cleanup of ours)...
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != server_pid:
+        return  # ...unless it died before that was asked for
+
     # A Ctrl-C reaches the whole group; it is for the server, which finishes its commits
     # through this process, then closes it. (A SIGTERM ends it: the server then commits by
     # its thread, and a batch this process held is answered UNAVAILABLE.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (a whole service stopped, or multiprocessing's exit handler): the batch being
+    # committed is finished and answered first; an idle child ends at once.
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop.requested)
     logs.configure(log_level)
     db = Database(url, sqlite_synchronous=sqlite_synchronous)
     commits = JournalCommit(db.batch_writer.dialect, lease_seconds)
     outbox = Outbox(db.batch_writer.dialect)
     reader = sock.makefile("rb")
-    _answer(sock, ("ready",))
-    while True:
-        head = reader.read(_LENGTH.size)
-        if len(head) < _LENGTH.size:
-            return  # the server closed its end
-        (size,) = _LENGTH.unpack(head)
-        batch = [_rows(sent) for sent in pickle.loads(reader.read(size))]
-        _answer(sock, _commit(db, commits, outbox, batch))
+    log.info("SQLite writer process ready", extra={"server_pid": server_pid})
+    try:
+        _answer(sock, ("ready",))
+        while True:
+            stop.idle = True
+            head = reader.read(_LENGTH.size)
+            stop.idle = False
+            if len(head) < _LENGTH.size:
+                return  # the server closed its end
+            (size,) = _LENGTH.unpack(head)
+            frame = reader.read(size)
+            if len(frame) < size:
+                return  # the server ended mid-frame: nothing of it was committed
+            with_outbox, sent = pickle.loads(frame)
+            batch = [_rows(each) for each in sent]
+            _answer(sock, _commit(db, commits, outbox if with_outbox else None, batch))
+            if stop.asked:
+                return
+    except (SystemExit, BrokenPipeError, ConnectionResetError):
+        return  # stopped while idle, or the server is gone: nothing to answer
+
+
+class _Stop:
+    """SIGTERM in the child: end now if idle, else after the batch in hand."""
+
+    def __init__(self) -> None:
+        self.idle = False
+        self.asked = False
+
+    def requested(self, signum: int, frame: Any) -> None:
+        self.asked = True
+        if self.idle:
+            raise SystemExit(0)
 
 
 def _rows(sent: Sent) -> JournalRows:
@@ -251,7 +310,7 @@ def sent_of(rows: JournalRows, event_rows: list[dict[str, Any]]) -> Sent:
 
 
 def _commit(
-    db: Database, commits: JournalCommit, outbox: Outbox, batch: list[JournalRows]
+    db: Database, commits: JournalCommit, outbox: Outbox | None, batch: list[JournalRows]
 ) -> tuple[Any, ...]:
     try:
         with unavailable_when_unreachable():
@@ -267,7 +326,7 @@ def _commit(
         log.exception("writer process: batch not handled")
         return ("refused", f"the write failed: {type(exc).__name__}")
     seqs = [[row["seq"] for row in rows.event_rows] for rows in batch]
-    return ("ok", seqs, requeue, outbox.take_wrote())
+    return ("ok", seqs, requeue, outbox is not None and outbox.take_wrote())
 
 
 def _answer(sock: socket.socket, outcome: tuple[Any, ...]) -> None:

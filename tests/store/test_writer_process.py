@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from flowsvc.domain.errors import Unavailable
+from flowsvc.domain.model import FlowVersion
 from flowsvc.domain.runs import EventType, Journal
+from flowsvc.store.writer_process import WriterProcess
 from tests.harness import sqlite_url
 from tests.store.test_store_contract import (
     BY_PROCESS,
@@ -93,16 +95,25 @@ def test_a_batch_held_by_a_child_that_dies_is_unavailable_and_not_retried(
     on_sqlite_by_process(tmp_path, body)
 
 
+async def committed_after_the_idle_child_ends(
+    a: Replica, b: Replica, sig: signal.Signals
+) -> tuple[WriterProcess, FlowVersion]:
+    """Send the idle child `sig`; once it is gone, a journal is committed all the same (by
+    the thread)."""
+    process = a.writer._process
+    assert process is not None and process.pid is not None
+    version = await a_version(a)
+    os.kill(process.pid, sig)
+    await until(lambda: not process.ready)
+    session = a_session(version)
+    await a.runs.record(Journal(session=session, session_is_new=True, epoch=1))
+    assert await b.runs.get_session("acme", session.id) is not None
+    return process, version
+
+
 def test_after_the_child_dies_batches_go_on_and_a_new_child_takes_them(tmp_path: Path) -> None:
     async def body(a: Replica, b: Replica) -> None:
-        process = a.writer._process
-        assert process is not None and process.pid is not None
-        version = await a_version(a)
-        os.kill(process.pid, signal.SIGKILL)
-        await until(lambda: not process.ready)
-        first = a_session(version)
-        await a.runs.record(Journal(session=first, session_is_new=True, epoch=1))
-        assert await b.runs.get_session("acme", first.id) is not None  # by the thread
+        process, version = await committed_after_the_idle_child_ends(a, b, signal.SIGKILL)
         await process.started()  # the batch above started a new one
         committed = process.commits
         second = a_session(version)
@@ -115,14 +126,8 @@ def test_after_the_child_dies_batches_go_on_and_a_new_child_takes_them(tmp_path:
 
 def test_a_child_ended_by_sigterm_is_not_replaced_and_the_thread_commits(tmp_path: Path) -> None:
     async def body(a: Replica, b: Replica) -> None:
-        process = a.writer._process
-        assert process is not None and process.pid is not None
-        version = await a_version(a)
-        os.kill(process.pid, signal.SIGTERM)  # idle: it ends at once, cleanly
-        await until(lambda: not process.ready)
-        session = a_session(version)
-        await a.runs.record(Journal(session=session, session_is_new=True, epoch=1))
-        assert await b.runs.get_session("acme", session.id) is not None
+        # Idle, it ends at once, cleanly.
+        process, version = await committed_after_the_idle_child_ends(a, b, signal.SIGTERM)
         await asyncio.sleep(1.2)  # past the pause after a child's end
         await a.runs.record(Journal(session=a_session(version), session_is_new=True, epoch=1))
         assert process.pid is None and process.commits == 0

@@ -354,15 +354,12 @@ class Database:
         """Run `work` in one transaction on the batch writer's thread."""
         with unavailable_when_unreachable():
             await asyncio.get_running_loop().run_in_executor(
-                self._batch_thread, self._write_batch, work
+                self._batch_thread, self.write_batch_here, work
             )
 
     def write_batch_here(self, work: Callable[[Connection], None]) -> None:
-        """`work` in one transaction on this thread (the writer process's own)."""
-        self._write_batch(work)
-
-    def _write_batch(self, work: Callable[[Connection], None]) -> None:
-        """On the batch writer's thread. SQLite's connection is kept there between batches:
+        """`work` in one transaction on this thread: the batch writer's (write_batch), or
+        the writer process's own. SQLite's connection is kept there between batches:
         a local file needs no liveness ping, and a checkout, ping and return a commit were
         ~0.1 ms of the ~1.1 ms a lone run's commit costs that thread. After a failure it goes
         back to its pool (rolled back; dropped by SQLAlchemy if the error says it is broken)

@@ -219,10 +219,10 @@ class JournalCommit:
 
     def write(
         self, conn: Connection, batch: Sequence[JournalRows], outbox: Outbox | None
-    ) -> list[str]:
-        """The batch, in `conn`'s transaction; each journal's event rows get their seqs (rows
-        made here if the journal brought its events only). Returns the sessions released with
-        runs queued on them."""
+    ) -> tuple[list[list[int]], list[str]]:
+        """The batch, in `conn`'s transaction (event rows made here if the journal brought its
+        events only). Returns each journal's seqs, in its events' order, and the sessions
+        released with runs queued on them."""
         requeue: list[str] = []
         # The batch's rows are merged, and its events' rows made, where the commit is made,
         # not on the event loop: record rows are values taken at record time and events hold
@@ -270,7 +270,7 @@ class JournalCommit:
                 tuple(ids),
             )
             requeue.extend(r[0] for r in found)
-        return requeue
+        return [[row["seq"] for row in rows.event_rows] for rows in batch], requeue
 
     def _allocate_seqs(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Seqs for events of sessions already stored: the database's counter, row-locked."""

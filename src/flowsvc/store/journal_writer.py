@@ -180,13 +180,13 @@ class JournalWriter:
         else:
             if process is not None and self._use_process:
                 process.start()  # for the batches after this one
-            requeue = []
+            written: list[tuple[list[list[int]], list[str]]] = []
 
             def write(conn: Connection) -> None:
-                requeue.extend(self._commits.write(conn, batch, self.outbox))
+                written.append(self._commits.write(conn, batch, self.outbox))
 
             await self.db.write_batch(write)
-            seqs = [[row["seq"] for row in rows.event_rows] for rows in batch]
+            [(seqs, requeue)] = written
         self.commits += 1
         touched: set[str] = set()
         for rows, got in zip(batch, seqs, strict=True):

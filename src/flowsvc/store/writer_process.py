@@ -244,8 +244,7 @@ def serve_commits(
         return  # ...unless it died before that was asked for
 
     # A Ctrl-C reaches the whole group; it is for the server, which finishes its commits
-    # through this process, then closes it. (A SIGTERM ends it: the server then commits by
-    # its thread, and a batch this process held is answered UNAVAILABLE.)
+    # through this process, then closes it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM (a whole service stopped, or multiprocessing's exit handler): the batch being
     # committed is finished and answered first; an idle child ends at once.
@@ -314,8 +313,9 @@ def _commit(
 ) -> tuple[Any, ...]:
     try:
         with unavailable_when_unreachable():
-            requeue: list[str] = []
-            db.write_batch_here(lambda conn: requeue.extend(commits.write(conn, batch, outbox)))
+            written: list[tuple[list[list[int]], list[str]]] = []
+            db.write_batch_here(lambda conn: written.append(commits.write(conn, batch, outbox)))
+        [(seqs, requeue)] = written
     except Fenced:
         return ("fenced",)
     except IntegrityError as exc:
@@ -325,7 +325,6 @@ def _commit(
     except Exception as exc:  # the child must outlive anything one batch does
         log.exception("writer process: batch not handled")
         return ("refused", f"the write failed: {type(exc).__name__}")
-    seqs = [[row["seq"] for row in rows.event_rows] for rows in batch]
     return ("ok", seqs, requeue, outbox is not None and outbox.take_wrote())
 
 

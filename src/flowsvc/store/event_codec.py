@@ -74,7 +74,7 @@ _R_EVAL_JOB = RUN_FIELDS.index("eval_job")
 _R_WEBHOOK_URL = RUN_FIELDS.index("webhook_url")
 
 
-def _reference(value: Any) -> Any:
+def reference(value: Any) -> Any:
     """What the arrays hold of a record orjson does not encode itself: a step's definition as
     its id (its flow version keeps it); a run's finished evaluation job not at all."""
     if isinstance(value, Step):
@@ -87,7 +87,7 @@ def _reference(value: Any) -> Any:
 def payload_text(payload: Any) -> str:
     """A payload as the JSON text of its column, in one orjson call (the writer's bind)."""
     return orjson.dumps(
-        payload, default=_reference, option=orjson.OPT_PASSTHROUGH_DATACLASS
+        payload, default=reference, option=orjson.OPT_PASSTHROUGH_DATACLASS
     ).decode()
 
 

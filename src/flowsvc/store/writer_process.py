@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from flowsvc import logs
 from flowsvc.domain.errors import Unavailable
+from flowsvc.store.batch_codec import NotEncodable, Sent, decode_batch, encode_batch
 from flowsvc.store.database import Database, unavailable_when_unreachable
 from flowsvc.store.journal_commit import Fenced, JournalCommit
 from flowsvc.store.journal_rows import JournalRows
@@ -45,12 +46,8 @@ from flowsvc.store.webhook_store import Outbox
 log = logging.getLogger("flowsvc.store")
 
 _LENGTH = struct.Struct("<I")
-_BUFFER = 4 << 20  # asked for (the kernel caps it); W1 sends ~30 KB for 13 journals
+_BUFFER = 4 << 20  # asked for (the kernel caps it); W1 sends ~200 KB for 13 journals
 _PR_SET_PDEATHSIG = 1
-
-# What a batch is sent as: each journal's row values, its events as rows already made.
-Sent = tuple[Any, ...]
-
 
 class CommitOutcomeUnknown(Unavailable):
     """The child ended with the batch: it may or may not have committed it. Not retried (a
@@ -136,7 +133,10 @@ class WriterProcess:
         are retried one by one) or CommitOutcomeUnknown (the child ended holding it)."""
         if self._sock is None:
             raise BatchRefused("the SQLite writer process is not running")
-        data = pickle.dumps((outbox, batch), pickle.HIGHEST_PROTOCOL)
+        try:
+            data = encode_batch(outbox, batch)
+        except NotEncodable as exc:
+            raise BatchRefused(f"the batch cannot be sent to the writer process: {exc}") from exc
         outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting.append(outcome)
         try:
@@ -268,7 +268,7 @@ def serve_commits(
             frame = reader.read(size)
             if len(frame) < size:
                 return  # the server ended mid-frame: nothing of it was committed
-            with_outbox, sent = pickle.loads(frame)
+            with_outbox, sent = decode_batch(frame)
             batch = [_rows(each) for each in sent]
             _answer(sock, _commit(db, commits, outbox if with_outbox else None, batch))
             if stop.asked:

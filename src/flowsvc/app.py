@@ -44,7 +44,8 @@ from flowsvc.domain.tools import HttpTool
 from flowsvc.observability.metrics import Metrics
 from flowsvc.observability.telemetry import Observed
 from flowsvc.observability.tracing import tracer_from_env
-from flowsvc.store.database import Database, replica_application_name
+from flowsvc.store.database import Database
+from flowsvc.store.dialects import replica_application_name
 from flowsvc.store.eval_store import SqlEvalStore
 from flowsvc.store.journal_writer import JournalWriter
 from flowsvc.store.lease_store import SqlLeases

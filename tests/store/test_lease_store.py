@@ -11,7 +11,8 @@ from contextlib import ExitStack, contextmanager
 import psycopg
 
 from flowsvc.config import normalize_database_url
-from flowsvc.store.database import Database, replica_application_name
+from flowsvc.store.database import Database
+from flowsvc.store.dialects import replica_application_name
 from flowsvc.store.lease_store import SqlLeases
 from tests import postgres
 

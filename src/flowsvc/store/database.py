@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import sqlite3
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -16,13 +14,19 @@ import orjson
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from flowsvc.domain.errors import Unavailable
+from flowsvc.store.dialects import (
+    APPLICATION_NAME,
+    MOST_IDLE_SECONDS,
+    limit_idle_transactions,
+    sqlite_pragmas,
+)
 from flowsvc.store.threaded_reads import Reader, ThreadedRead
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -46,91 +50,8 @@ def _json_text(value: Any) -> str:
 JSON_OPTIONS: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
 
 
-def _sqlite_pragmas(engine: AsyncEngine | Engine, synchronous: str, immediate: bool) -> None:
-    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-
-    @event.listens_for(target, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take transaction control from the driver so BEGIN is ours to emit.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # The busy timeout first: switching a new file to WAL takes a lock too, and a second
-        # process opening it at that moment (a CLI beside the server) must wait, not fail.
-        cursor.execute("PRAGMA busy_timeout=10000")
-        # Switching a new file to WAL can answer "locked" at once, without waiting, while
-        # another process (a CLI beside the starting server) creates or migrates it.
-        for attempt in range(200):
-            try:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or attempt == 199:
-                    raise
-                time.sleep(0.05)
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        # SQLite's temporary files in memory: on disk it made, unlinked and wrote one in
-        # /var/tmp every few commits of the batch writer (which statement needs it was not
-        # traced; the pragma covers all of them).
-        cursor.execute("PRAGMA temp_store=MEMORY")
-        cursor.close()
-
-    if not immediate:
-        return  # readers run each SELECT in autocommit: no BEGIN/ROLLBACK round trips
-
-    @event.listens_for(target, "begin")
-    def on_begin(conn: Connection) -> None:
-        # Writers take the write lock up front, so a second process waits its turn
-        # instead of failing when a deferred transaction tries to upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _limit_idle_transactions(engine: AsyncEngine | Engine, seconds: float) -> None:
-    """PostgreSQL ends a transaction of ours left idle past `seconds`, closing its connection
-    and releasing its locks. A replica frozen or cut off between a statement and its COMMIT
-    would otherwise hold the rows it locked (its session's, against every other replica's
-    claim) until it woke; its own writes were fenced by then anyway."""
-    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-    setting = f"SET idle_in_transaction_session_timeout = {max(1, round(seconds * 1000))}"
-
-    @event.listens_for(target, "connect")
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Outside a transaction, so that no rollback undoes it; once per connection.
-        autocommit = dbapi_connection.autocommit
-        dbapi_connection.autocommit = True
-        cursor = dbapi_connection.cursor()
-        cursor.execute(setting)
-        cursor.close()
-        dbapi_connection.autocommit = autocommit
-
-
-# How PostgreSQL lists this service's connections (pg_stat_activity.application_name): a
-# server's as "flowsvc:<replica id>", so that a replica can tell the others' transactions
-# stalled mid-statement from its own (lease_store.py); other commands' as "flowsvc".
-APPLICATION_NAME = "flowsvc"
-REPLICA_PREFIX = "flowsvc:"
-# PostgreSQL takes the idle limit in milliseconds, at most INT_MAX of them.
-_MOST_IDLE_SECONDS = 2_000_000
-
-
-def replica_application_name(replica_id: str) -> str:
-    return REPLICA_PREFIX + replica_id
-
-
 # Any number to name the migration lock by: replicas starting together take turns.
 MIGRATION_LOCK = 0x666C6F77  # "flow"
-
-
-def now_ms_sql(dialect_name: str) -> str:
-    """The database's clock in Unix milliseconds: leases are timed by one clock for all."""
-    if dialect_name == "sqlite":
-        return "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
-    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)"
-
-
-def driver_placeholder(dialect_name: str) -> str:
-    """The bind marker of raw driver SQL: sqlite3's qmark, psycopg's format style."""
-    return "?" if dialect_name == "sqlite" else "%s"
 
 
 def _run_migrations(connection: Connection) -> None:
@@ -192,7 +113,7 @@ class Database:
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         limit = idle_transaction_limit
-        if self.is_sqlite or limit is None or not 0 < limit <= _MOST_IDLE_SECONDS:
+        if self.is_sqlite or limit is None or not 0 < limit <= MOST_IDLE_SECONDS:
             limit = None  # none, or none worth setting (an infinite lease)
         self.idle_transaction_limit = limit
         self.application_name = application_name
@@ -207,7 +128,7 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.writer = create_async_engine(url, pool_size=1, max_overflow=0, **JSON_OPTIONS)
-            _sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
+            sqlite_pragmas(self.writer, sqlite_synchronous, immediate=True)
         else:
             self.writer = create_async_engine(
                 url,
@@ -219,7 +140,7 @@ class Database:
                 **JSON_OPTIONS,
             )
             if limit is not None:
-                _limit_idle_transactions(self.writer, limit)
+                limit_idle_transactions(self.writer, limit)
             # Reads are single statements: in autocommit they cost no BEGIN and no ROLLBACK.
             self.reader: AsyncEngine | None = create_async_engine(
                 url,
@@ -259,7 +180,7 @@ class Database:
                 connect_args={"check_same_thread": False},
                 **JSON_OPTIONS,
             )
-            _sqlite_pragmas(self._sync_reader, sqlite_synchronous, immediate=False)
+            sqlite_pragmas(self._sync_reader, sqlite_synchronous, immediate=False)
             self._read_threads = ThreadPoolExecutor(
                 max_workers=read_pool_size, thread_name_prefix="flowsvc-reader"
             )
@@ -276,9 +197,9 @@ class Database:
             **JSON_OPTIONS,
         )
         if self.is_sqlite:
-            _sqlite_pragmas(engine, self._sqlite_synchronous, immediate=True)
+            sqlite_pragmas(engine, self._sqlite_synchronous, immediate=True)
         elif self.idle_transaction_limit is not None:
-            _limit_idle_transactions(engine, self.idle_transaction_limit)
+            limit_idle_transactions(engine, self.idle_transaction_limit)
         return engine
 
     @property

@@ -9,7 +9,8 @@ from sqlalchemy import literal_column, select, text, update
 from flowsvc.domain.evals import EvalJob, EvalJobStatus
 from flowsvc.domain.paging import Page
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.database import Database
+from flowsvc.store.dialects import now_ms_sql
 from flowsvc.store.run_codec import eval_job_from, eval_job_row, run_from
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import RUN_WITH_EVAL_JOB, EvalJobRow, FlowRunRow

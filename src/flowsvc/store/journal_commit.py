@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from flowsvc.domain.runs import RunStatus
 from flowsvc.store.column_types import UTCDateTime
-from flowsvc.store.database import driver_placeholder, now_ms_sql
+from flowsvc.store.dialects import driver_placeholder, now_ms_sql
 from flowsvc.store.event_codec import event_row, payload_text
 from flowsvc.store.journal_rows import JournalRows, merge_rows, seqs_of_new_sessions
 from flowsvc.store.tables import (

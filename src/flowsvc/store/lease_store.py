@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import RequestIdTaken
 from flowsvc.domain.ports import SessionClaim
 from flowsvc.domain.runs import FlowRun, RunStatus
-from flowsvc.store.database import REPLICA_PREFIX, Database, now_ms_sql, takes_a_request_id
+from flowsvc.store.database import Database, takes_a_request_id
+from flowsvc.store.dialects import REPLICA_PREFIX, now_ms_sql
 from flowsvc.store.run_codec import run_from, run_row, session_from
 from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, SessionRow
 

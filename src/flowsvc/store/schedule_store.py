@@ -13,7 +13,8 @@ from flowsvc.domain.paging import Page
 from flowsvc.domain.run_requests import RunOptions
 from flowsvc.domain.schedules import CatchUp, Overlap, Schedule
 from flowsvc.store.column_types import UTCDateTime
-from flowsvc.store.database import Database, now_ms_sql
+from flowsvc.store.database import Database
+from flowsvc.store.dialects import now_ms_sql
 from flowsvc.store.run_store import RUN_ID_BY_REQUEST
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import ACTIVE_RUN, FlowRunRow, ScheduleRow

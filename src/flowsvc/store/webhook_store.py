@@ -27,7 +27,8 @@ from flowsvc.domain.webhooks import (
     WebhookDelivery,
 )
 from flowsvc.store.column_types import UTCDateTime
-from flowsvc.store.database import Database, driver_placeholder, now_ms_sql
+from flowsvc.store.database import Database
+from flowsvc.store.dialects import driver_placeholder, now_ms_sql
 from flowsvc.store.sql_store import newest_first
 from flowsvc.store.tables import (
     PENDING_DELIVERY,

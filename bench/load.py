@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from proc_stats import cpu_seconds  # beside this script
 
 from flowsvc.v1 import flow_run_service_pb2 as fr
 from flowsvc.v1 import flow_run_service_pb2_grpc as fr_grpc
@@ -200,8 +201,6 @@ async def w1_split(targets: list[str], metadata: Any, args: argparse.Namespace) 
 
 def server_cpu(pid: int) -> float:
     """The server's CPU seconds, its writer process's included (0 without a pid)."""
-    from run import cpu_seconds  # beside this script
-
     return cpu_seconds(pid) if pid else 0.0
 
 

@@ -38,6 +38,7 @@ from flowsvc.v1 import session_service_pb2_grpc as ss_grpc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from proc_stats import cpu_seconds  # noqa: E402
 from slow_model import SlowModel  # noqa: E402
 
 ROOT = HERE.parent
@@ -48,40 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, with_children: bool = True) -> float:
-    """utime + stime of a process from /proc/PID/stat (0 if it is gone), with those of its
-    live children and of the children it has reaped: a SQLite server commits through a
-    writer process under load (store/writer_process.py), and that work is the server's."""
-    fields = _stat(pid)
-    if fields is None:
-        return 0.0
-    if not with_children:
-        return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of stat(5)
-    # fields 14-17 of stat(5): utime, stime, cutime, cstime
-    own = sum(int(f) for f in fields[11:15]) / TICK
-    return own + sum(cpu_seconds(child) for child in _children(pid))
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def postgres_cpu() -> dict[int, float]:

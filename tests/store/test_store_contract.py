@@ -66,8 +66,7 @@ class Replica:
 
 
 # A SQLite URL ending so has its replicas' journals committed by a writer process each (the
-# same suite, through writer_process.py: with process_from=1, all but a run of release-only
-# batches, which pull the average down).
+# same suite, through writer_process.py: with process_from=1, every batch once it answers).
 BY_PROCESS = "#writer-process"
 
 

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flowsvc.store")
 
+# How much each batch's size moves the average that picks the thread or the process.
+MEAN_BATCH_WEIGHT = 0.02
+
 class JournalWriter:
     def __init__(
         self,
@@ -151,8 +154,12 @@ class JournalWriter:
         journals (other than releases) on average, off below half that. Not batch by batch:
         each switch makes the other connection read again every page the last one changed
         (SQLite's cache is a connection's own), and alternating cost more than either did
-        (W1 at 16 callers: 492-528 runs/s against 517-560 by the thread alone)."""
-        self._mean_batch += (journals - self._mean_batch) * 0.1
+        (W1 at 16 callers: 492-528 runs/s against 517-560 by the thread alone). The average
+        moves slowly (over ~50 batches) and a batch of releases alone leaves it be: at 0.1 a
+        batch, with each release sweep counted as a batch of none, it fell below the mark
+        under steady load and the thread took 3-17 % of W1's journals, second by second."""
+        if journals:
+            self._mean_batch += (journals - self._mean_batch) * MEAN_BATCH_WEIGHT
         if self._mean_batch >= self._process_from:
             self._use_process = True
         elif self._mean_batch < self._process_from / 2:

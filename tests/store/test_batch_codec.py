@@ -25,10 +25,8 @@ from flowsvc.domain.runs import (
     step_values,
 )
 from flowsvc.store.batch_codec import NotEncodable, decode_batch, encode_batch
-from flowsvc.store.event_codec import event_row
 from flowsvc.store.journal_commit import JournalCommit
 from flowsvc.store.journal_rows import JournalRows
-from flowsvc.store.writer_process import sent_of
 from tests.store.test_event_rows import STAMP, a_finished_run
 
 TABLES = ("sessions", "flow_runs", "session_steps", "run_events", "session_messages")
@@ -130,18 +128,8 @@ def written(path: Path, batch: list[JournalRows]) -> dict[str, list[tuple[object
 def test_a_decoded_batch_writes_every_column_as_the_thread_does(tmp_path: Path) -> None:
     by_thread = JournalRows.of(a_journal(), "owner-1")
     recorded = JournalRows.of(a_journal(), "owner-1")
-    sent = [sent_of(recorded, [event_row(e) for e in recorded.events])]
-    outbox, decoded = decode_batch(encode_batch(True, sent))
+    outbox, [by_process] = decode_batch(encode_batch(True, [recorded]))
     assert outbox is True
-    inserts, updates, event_rows, release, deleted, messages = decoded[0]
-    by_process = JournalRows(
-        inserts=inserts,
-        updates=updates,
-        event_rows=event_rows,
-        release=release,
-        deleted_steps=deleted,
-        messages=messages,
-    )
     thread_rows = written(tmp_path / "thread.db", [by_thread])
     process_rows = written(tmp_path / "process.db", [by_process])
     lease_column = [
@@ -155,8 +143,8 @@ def test_a_decoded_batch_writes_every_column_as_the_thread_does(tmp_path: Path) 
 
 def test_a_release_is_read_back_as_the_pair_it_was() -> None:
     rows = JournalRows(release=("se-1", 3))
-    _, [sent] = decode_batch(encode_batch(False, [sent_of(rows, [])]))
-    assert sent[3] == ("se-1", 3)
+    _, [sent] = decode_batch(encode_batch(False, [rows]))
+    assert sent.release == ("se-1", 3)
 
 
 def test_a_value_orjson_cannot_write_is_refused_before_it_is_sent() -> None:
@@ -164,4 +152,4 @@ def test_a_value_orjson_cannot_write_is_refused_before_it_is_sent() -> None:
     run.body = {"huge": 2**70}
     rows = JournalRows.of(Journal(new_runs=[run]), "owner-1")
     with pytest.raises(NotEncodable):
-        encode_batch(False, [sent_of(rows, [])])
+        encode_batch(False, [rows])

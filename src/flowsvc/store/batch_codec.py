@@ -14,13 +14,15 @@ thread instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
 from flowsvc.store.column_types import UTCDateTime
-from flowsvc.store.event_codec import reference
+from flowsvc.store.event_codec import event_row, reference
+from flowsvc.store.journal_rows import JournalRows
 from flowsvc.store.tables import (
     FlowRunRow,
     RunEventRow,
@@ -28,9 +30,6 @@ from flowsvc.store.tables import (
     SessionRow,
     SessionStepRow,
 )
-
-# What a batch is sent as: each journal's row values, its events as rows already made.
-Sent = tuple[Any, ...]
 
 
 class NotEncodable(Exception):
@@ -52,24 +51,45 @@ _MESSAGE_TIMES = _datetime_columns(SessionMessageRow)
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS
 
 
-def encode_batch(outbox: bool, batch: list[Sent]) -> bytes:
+def encode_batch(outbox: bool, batch: Sequence[JournalRows]) -> bytes:
+    """Each journal as its row values and its events' rows, made here (on the loop: the
+    events' records would each need a call back into Python)."""
+    sent = [
+        (
+            rows.inserts,
+            rows.updates,
+            [event_row(e) for e in rows.events],
+            rows.release,
+            rows.deleted_steps,
+            rows.messages,
+        )
+        for rows in batch
+    ]
     try:
-        return orjson.dumps((outbox, batch), default=reference, option=_OPTIONS)
+        return orjson.dumps((outbox, sent), default=reference, option=_OPTIONS)
     except orjson.JSONEncodeError as exc:
         raise NotEncodable(str(exc)) from exc
 
 
-def decode_batch(data: bytes) -> tuple[bool, list[Sent]]:
-    outbox, batch = orjson.loads(data)
-    for sent in batch:
-        inserts, updates, event_rows, release, _deleted_steps, messages = sent
+def decode_batch(data: bytes) -> tuple[bool, list[JournalRows]]:
+    outbox, sent = orjson.loads(data)
+    batch = []
+    for inserts, updates, event_rows, release, deleted_steps, messages in sent:
         for by_table in (inserts, updates):
             for name, rows in by_table.items():
                 _parse_times(rows, _TIMES[name])
         _parse_times(event_rows, _EVENT_TIMES)
         _parse_times(messages, _MESSAGE_TIMES)
-        if release is not None:
-            sent[3] = tuple(release)
+        batch.append(
+            JournalRows(
+                inserts=inserts,
+                updates=updates,
+                event_rows=event_rows,
+                release=None if release is None else tuple(release),
+                deleted_steps=deleted_steps,
+                messages=messages,
+            )
+        )
     return outbox, batch
 
 

@@ -25,10 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from flowsvc.domain.errors import LeaseLost, RequestIdTaken
 from flowsvc.domain.runs import Journal
 from flowsvc.store.database import Database, takes_a_request_id
-from flowsvc.store.event_codec import event_row
 from flowsvc.store.journal_commit import Fenced, JournalCommit
 from flowsvc.store.journal_rows import JournalRows, next_batch
-from flowsvc.store.writer_process import CommitOutcomeUnknown, WriterProcess, sent_of
+from flowsvc.store.writer_process import CommitOutcomeUnknown, WriterProcess
 
 if TYPE_CHECKING:
     from flowsvc.store.webhook_store import Outbox
@@ -37,6 +36,7 @@ log = logging.getLogger("flowsvc.store")
 
 # How much each batch's size moves the average that picks the thread or the process.
 MEAN_BATCH_WEIGHT = 0.02
+
 
 class JournalWriter:
     def __init__(
@@ -175,12 +175,8 @@ class JournalWriter:
         # once (one UPDATE), and a lone caller's sweeps would switch the process on.
         moves = sum(1 for rows in batch if rows.release is None)
         if process is not None and self._by_process(moves) and process.ready:
-            # Event rows made here, on the loop: their values encode in one orjson call
-            # (batch_codec.py), where the events' records would each need a call back.
-            made = [[event_row(e) for e in rows.events] for rows in batch]
             seqs, requeue, deliveries = await process.commit(
-                [sent_of(rows, events) for rows, events in zip(batch, made, strict=True)],
-                outbox=self.outbox is not None,
+                batch, outbox=self.outbox is not None
             )
             if deliveries and self.outbox is not None:
                 self.outbox.wrote = True

@@ -31,13 +31,14 @@ import socket
 import struct
 import sys
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from flowsvc import logs
 from flowsvc.domain.errors import Unavailable
-from flowsvc.store.batch_codec import NotEncodable, Sent, decode_batch, encode_batch
+from flowsvc.store.batch_codec import NotEncodable, decode_batch, encode_batch
 from flowsvc.store.database import Database, unavailable_when_unreachable
 from flowsvc.store.journal_commit import Fenced, JournalCommit
 from flowsvc.store.journal_rows import JournalRows
@@ -125,7 +126,7 @@ class WriterProcess:
         return None if self._child is None else int(self._child.pid)
 
     async def commit(
-        self, batch: list[Sent], outbox: bool
+        self, batch: Sequence[JournalRows], outbox: bool
     ) -> tuple[list[list[int]], list[str], bool]:
         """The batch committed by the child: each journal's seqs, the sessions to claim again,
         and whether webhook deliveries were written (`outbox`: whether to write them).
@@ -268,8 +269,7 @@ def serve_commits(
             frame = reader.read(size)
             if len(frame) < size:
                 return  # the server ended mid-frame: nothing of it was committed
-            with_outbox, sent = decode_batch(frame)
-            batch = [_rows(each) for each in sent]
+            with_outbox, batch = decode_batch(frame)
             _answer(sock, _commit(db, commits, outbox if with_outbox else None, batch))
             if stop.asked:
                 return
@@ -288,24 +288,6 @@ class _Stop:
         self.asked = True
         if self.idle:
             raise SystemExit(0)
-
-
-def _rows(sent: Sent) -> JournalRows:
-    inserts, updates, event_rows, release, deleted_steps, messages = sent
-    return JournalRows(
-        inserts=inserts,
-        updates=updates,
-        event_rows=event_rows,
-        release=release,
-        deleted_steps=deleted_steps,
-        messages=messages,
-    )
-
-
-def sent_of(rows: JournalRows, event_rows: list[dict[str, Any]]) -> Sent:
-    """What the child is sent of a journal: its row values and its events' rows."""
-    return (rows.inserts, rows.updates, event_rows, rows.release, rows.deleted_steps,
-            rows.messages)
 
 
 def _commit(
